@@ -50,7 +50,18 @@ __all__ = [
     "read_labels",
     "score_all",
     "write_labels",
-    *_LAZY,
+    # lazily imported (see _LAZY)
+    "DynamicPacingSampler",
+    "EasyToHardSampler",
+    "HybridSampler",
+    "LayerMaskScheduler",
+    "LayerSpecificSampler",
+    "LayerWiseProgressiveSampler",
+    "MetaTokenDifficultyDataset",
+    "MetaTokenExtractor",
+    "PacingCallback",
+    "RandomOrderSampler",
+    "build_sampler",
 ]
 
 

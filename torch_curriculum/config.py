@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,11 +25,11 @@ from typing import Any
 from .difficulty import AGGREGATES, METRICS, NORMALIZATIONS
 
 __all__ = [
-    "POOLINGS",
     "ALIGNMENTS",
+    "PACING_FUNCTIONS",
+    "POOLINGS",
     "STRATEGIES",
     "STRATEGY_ALIASES",
-    "PACING_FUNCTIONS",
     "ConfigError",
     "CurriculumConfig",
     "CurriculumSection",
@@ -195,7 +196,7 @@ class CurriculumSection:
             raise ConfigError(key, "must be a non-empty list")
         if any(not 0 < p <= 1 for p in sp):
             raise ConfigError(key, f"every value must lie in (0, 1], got {sp}")
-        if any(b <= a for a, b in zip(sp, sp[1:])):
+        if any(b <= a for a, b in itertools.pairwise(sp)):
             raise ConfigError(key, f"must be strictly increasing, got {sp}")
         if sp[-1] != 1.0:
             raise ConfigError(key, f"must end with 1.0 so that every sample has a stage, got {sp}")
@@ -324,7 +325,7 @@ class CurriculumConfig:
     curriculum: CurriculumSection = field(default_factory=CurriculumSection)
     training: TrainingSection = field(default_factory=TrainingSection)
 
-    _SECTIONS = {"meta_token": MetaTokenSection, "curriculum": CurriculumSection, "training": TrainingSection}
+    _SECTIONS: typing.ClassVar[dict[str, type]] = {"meta_token": MetaTokenSection, "curriculum": CurriculumSection, "training": TrainingSection}
 
     def __post_init__(self) -> None:
         self.validate()

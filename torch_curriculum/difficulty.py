@@ -110,7 +110,7 @@ def ledoit_wolf_covariance(x: torch.Tensor) -> torch.Tensor:
 
 def _per_layer_matrix(m: torch.Tensor, n_layers: int, dim: int, name: str) -> torch.Tensor:
     m = torch.as_tensor(m).to(torch.float64)
-    if m.dim() == 2:
+    if m.dim() == 2 and m.shape == (dim, dim):
         m = m.expand(n_layers, dim, dim)
     if m.shape != (n_layers, dim, dim):
         raise ValueError(f"{name} must have shape [d, d] or [L, d, d] = [{n_layers}, {dim}, {dim}], "

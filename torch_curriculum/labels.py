@@ -31,7 +31,15 @@ from typing import Any
 import torch
 
 from ._version import __version__
-from .difficulty import AGGREGATES, aggregate, assign_stages, default_tau, percentiles, score_all, score_name
+from .difficulty import (
+    AGGREGATES,
+    aggregate,
+    assign_stages,
+    default_tau,
+    percentiles,
+    score_all,
+    score_name,
+)
 
 __all__ = ["LABEL_SCHEMA_VERSION", "LabelFileError", "header_path", "read_labels", "write_labels"]
 
@@ -285,7 +293,7 @@ def read_labels(path: str | Path, *, verify: bool = True) -> tuple[list[dict[str
         if set(layer_idx) != expected:
             gaps = sorted(expected - set(layer_idx))
             raise LabelFileError(f"{loc}: 'meta_token_diff' must hold layer_0..layer_{len(layer_idx) - 1}; "
-                                 f"missing {['layer_%d' % g for g in gaps]}")
+                                 f"missing {[f'layer_{g}' for g in gaps]}")
         if n_layers is None:
             n_layers = len(layer_idx)
         elif len(layer_idx) != n_layers:
