@@ -221,11 +221,20 @@ class MetaTokenExtractor:
         parts = [prompt_parts(p) for p in prompts]
         texts = [t for t, _ in parts]
         fast = bool(getattr(self.tokenizer, "is_fast", False))
-        enc = self.tokenizer(texts, add_special_tokens=True, return_offsets_mapping=fast,
-                             return_attention_mask=False, truncation=False)
+        # chat-template text already holds its special tokens (Prompt.add_special_tokens is False)
+        flags = [bool(getattr(p, "add_special_tokens", True)) for p in prompts]
+        enc: dict[str, list] = {"input_ids": [None] * len(texts), "offset_mapping": [None] * len(texts)}
+        for flag in sorted(set(flags)):
+            idx = [i for i, f in enumerate(flags) if f == flag]
+            part = self.tokenizer([texts[i] for i in idx], add_special_tokens=flag, return_offsets_mapping=fast,
+                                  return_attention_mask=False, truncation=False)
+            for j, i in enumerate(idx):
+                enc["input_ids"][i] = part["input_ids"][j]
+                if fast:
+                    enc["offset_mapping"][i] = part["offset_mapping"][j]
         out: list[TokenizedPrompt] = []
         self.last_truncated = []
-        sys_cache: dict[str, int] = {}
+        sys_cache: dict[tuple[str, bool], int] = {}
         for i, ((_, system), ids) in enumerate(zip(parts, enc["input_ids"])):
             ids = list(ids)
             if not system:
@@ -233,9 +242,10 @@ class MetaTokenExtractor:
             elif fast:
                 n_sys = sum(1 for (s, _e) in enc["offset_mapping"][i] if s < len(system))
             else:
-                if system not in sys_cache:
-                    sys_cache[system] = len(self.tokenizer(system, add_special_tokens=True)["input_ids"])
-                n_sys = sys_cache[system]
+                key = (system, flags[i])
+                if key not in sys_cache:
+                    sys_cache[key] = len(self.tokenizer(system, add_special_tokens=flags[i])["input_ids"])
+                n_sys = sys_cache[key]
             dropped = 0
             if len(ids) > self.max_length:
                 if self.truncation == "error":

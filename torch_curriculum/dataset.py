@@ -1,0 +1,844 @@
+"""``MetaTokenDifficultyDataset``: per-sample, per-layer cloud/edge differences in one safetensors file.
+
+Writing (:meth:`MetaTokenDifficultyDataset.precompute`): both models run once over the samples in
+shards; each shard's raw pooled per-layer vectors of both models are written atomically (temp file +
+``os.replace``) to a work dir next to the output (``<path>.work/``). A killed run, restarted with the
+same inputs, skips the finished shards; the merge only starts when every shard is there and is a
+pure function of the shard files, so the final file is byte-identical to an uninterrupted run (no
+timestamps anywhere). The merge goes layer by layer (``[N, d]`` in memory at a time): layer map,
+space alignment (anchors are drawn from all N samples, which is why alignment waits for the merge),
+``layer_distances``, then ``normalize_layers``, every aggregate, percentiles and stages.
+Under ``torch.distributed`` each rank computes the shards ``i`` with ``i % world == rank`` into the
+shared work dir, and rank 0 merges: the shards are computed identically wherever they run, so the
+result equals a single-process run.
+
+File layout (safetensors; all ``[N]``/``[N, L]`` tensors in sample order):
+
+==============================  =========  ==============================================
+tensor                          dtype      meaning
+==============================  =========  ==============================================
+``raw_layer_diffs``             F64 [N,L]  raw per-layer distances (metric of the metadata)
+``layer_diffs``                 F64 [N,L]  normalised across samples, per layer
+``scores.{mean,max,topK_mean,   F64 [N]    aggregates of ``layer_diffs``
+weighted_mean}``
+``difficulty``                  F64 [N]    the primary score
+``percentile``                  F64 [N]    fraction of samples with primary score <= own
+``stage``                       I64 [N]    1-based curriculum stage
+``sample_ids.utf8`` /           U8 / I64   ids, utf-8 bytes and N+1 offsets
+``sample_ids.offsets``
+``alignment.*``                 (opt.)     anchors and centres of the ``relative`` alignment
+==============================  =========  ==============================================
+
+Metadata (str -> str): ``format``, ``schema_version``, ``library_version``, ``num_samples``,
+``num_layers``, ``fingerprint``, ``run_key`` and ``provenance`` (a JSON object: models, pooling,
+alignment, anchors, layer map, metric, normalisation, K, tau, stage percentiles, system prompt ...).
+
+Reading (``MetaTokenDifficultyDataset(path)``): only the JSON header is parsed; tensors are
+memory-mapped (``numpy.memmap``, copy-on-write) on first access, so opening a 1M x 32 file costs
+milliseconds and no RAM for the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ._version import __version__
+from .alignment import align_layer, resolve_layer_map, select_anchors
+from .config import CurriculumConfig
+from .difficulty import (
+    assign_stages,
+    layer_distances,
+    normalize_layers,
+    percentiles,
+    score_all,
+    score_name,
+)
+
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "DifficultyFileError",
+    "MetaTokenDifficultyDataset",
+    "read_safetensors_header",
+    "write_safetensors",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "torch_curriculum.difficulty"
+SCHEMA_VERSION = "1"
+_SHARD_SCHEMA = "torch_curriculum.difficulty_shard"
+_DT = {"F64": np.float64, "F32": np.float32, "I64": np.int64, "U8": np.uint8}
+_DT_NAME = {np.dtype(v): k for k, v in _DT.items()}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+class DifficultyFileError(ValueError):
+    """A difficulty file (or shard/work dir) is truncated, corrupted, of another schema/library major
+    version, or does not match the data it is used with; the message names the file."""
+
+
+# ------------------------------------------------------------------------------------------ file I/O
+def _as_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    a = np.ascontiguousarray(x)
+    if a.dtype not in _DT_NAME:
+        raise TypeError(f"unsupported dtype {a.dtype}; expected one of float64, float32, int64, uint8")
+    return a.astype(a.dtype.newbyteorder("<"), copy=False)
+
+
+def write_safetensors(path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> None:
+    """Write a safetensors file deterministically and atomically.
+
+    Tensors are laid out in sorted name order, the header JSON has sorted keys and no timestamps,
+    so identical inputs give identical bytes. The file appears under its name only when complete
+    (temp file in the same folder + fsync + ``os.replace``).
+
+    Args:
+        path (str | Path): destination.
+        tensors (Mapping[str, array-like]): name -> torch tensor / numpy array (f64, f32, i64, u8).
+        metadata (Mapping[str, str]): string metadata.
+
+    Raises:
+        TypeError: a non-string metadata value or an unsupported dtype.
+    """
+    path = Path(path)
+    arrays = {k: _as_numpy(v) for k, v in tensors.items()}
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"safetensors metadata must map str -> str; {k!r} -> {type(v).__name__}")
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    offset = 0
+    for name in sorted(arrays):
+        a = arrays[name]
+        header[name] = {"dtype": _DT_NAME[a.dtype.newbyteorder("=")], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    hb = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    hb += b" " * (-len(hb) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(len(hb).to_bytes(8, "little"))
+            f.write(hb)
+            for name in sorted(arrays):
+                f.write(memoryview(arrays[name]).cast("B") if arrays[name].nbytes else b"")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_safetensors_header(path: str | Path) -> tuple[dict[str, Any], int]:
+    """Parse and check a safetensors header without reading any tensor data.
+
+    Returns:
+        tuple[dict, int]: the header (with ``__metadata__``) and the byte offset where data starts.
+
+    Raises:
+        DifficultyFileError: missing, too short, bad header JSON, unknown dtype, offsets that do not
+            tile the data region, or a file size that does not match (truncated / trailing bytes).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DifficultyFileError(f"{path}: no such file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise DifficultyFileError(f"{path}: truncated ({size} bytes), not a safetensors file")
+        n = int.from_bytes(raw, "little")
+        if n <= 0 or n > _MAX_HEADER or 8 + n > size:
+            raise DifficultyFileError(f"{path}: corrupted or truncated header (header length {n}, file size {size})")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DifficultyFileError(f"{path}: corrupted header ({e})") from None
+    if not isinstance(header, dict):
+        raise DifficultyFileError(f"{path}: corrupted header (not a JSON object)")
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _DT[info["dtype"]]
+            shape = [int(s) for s in info["shape"]]
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise DifficultyFileError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
+        if end - begin != math.prod(shape) * np.dtype(dtype).itemsize:
+            raise DifficultyFileError(f"{path}: tensor {name!r}: offsets {begin}..{end} do not match shape {shape}")
+        spans.append((begin, end, name))
+    spans.sort()
+    pos = 0
+    for begin, end, name in spans:
+        if begin != pos:
+            raise DifficultyFileError(f"{path}: tensor {name!r} starts at {begin}, expected {pos} (corrupted header)")
+        pos = end
+    if size != 8 + n + pos:
+        what = "truncated" if size < 8 + n + pos else "has trailing bytes"
+        raise DifficultyFileError(f"{path}: {what}: the header describes {8 + n + pos} bytes, the file has {size}")
+    return header, 8 + n
+
+
+def _memmap(path: Path, header: Mapping[str, Any], data_start: int, name: str) -> np.ndarray:
+    info = header[name]
+    shape = tuple(int(s) for s in info["shape"])
+    dtype = np.dtype(_DT[info["dtype"]]).newbyteorder("<")
+    if math.prod(shape) == 0:
+        return np.zeros(shape, dtype=dtype)
+    # copy-on-write: torch.from_numpy needs a writable array; nothing is read until touched
+    return np.memmap(path, dtype=dtype, mode="c", offset=data_start + int(info["data_offsets"][0]), shape=shape)
+
+
+def _encode_ids(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    blobs = [s.encode("utf-8") for s in ids]
+    offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in blobs], out=offsets[1:])
+    return np.frombuffer(b"".join(blobs), dtype=np.uint8).copy(), offsets
+
+
+def _check_ids(ids: Sequence[Any], n: int) -> list[str]:
+    ids = list(ids)
+    if len(ids) != n:
+        raise ValueError(f"got {len(ids)} sample ids for {n} samples")
+    for i, s in enumerate(ids):
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"sample id at index {i} must be a non-empty string, got {s!r}")
+    if len(set(ids)) != n:
+        seen: set[str] = set()
+        dup = next(s for s in ids if s in seen or seen.add(s))
+        raise ValueError(f"duplicate sample id {dup!r}")
+    return ids
+
+
+def _major(version: str) -> str:
+    return str(version).split(".")[0]
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def _sample_ids_and_fingerprint(samples: Sequence[Any], sample_ids: Sequence[str] | None) -> tuple[list[str], str]:
+    """Ids (from ``.sample_id``, ``sample_ids=`` or the index) and a fingerprint of the inputs."""
+    n = len(samples)
+    if sample_ids is None:
+        ids = [getattr(s, "sample_id", None) for s in samples]
+        if any(i is None for i in ids):
+            ids = [f"sample_{i:08d}" for i in range(n)]
+    else:
+        ids = list(sample_ids)
+    ids = _check_ids(ids, n)
+    if all(hasattr(s, "persona") and hasattr(s, "context") and hasattr(s, "response") for s in samples):
+        from .data import data_fingerprint  # the dialogue-sample fingerprint users also compute
+        return ids, data_fingerprint(samples)
+    from .extraction import prompt_parts
+
+    h = hashlib.sha256(b"torch_curriculum.prompts.v1\n")
+    for sid, s in zip(ids, samples):
+        text, system = prompt_parts(s)
+        h.update(_json([sid, text, system]).encode("ascii") + b"\n")
+    return ids, h.hexdigest()
+
+
+def _model_info(model: Any, tokenizer: Any) -> dict[str, Any]:
+    """Name, revision, architecture and a cheap weights digest (names, shapes and sampled values)."""
+    cfg = getattr(model, "config", None)
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        flat = p.detach().reshape(-1)
+        sample = torch.cat([flat[:256], flat[:: max(1, flat.numel() // 256)][:256]]).float().cpu()
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}\n".encode())
+        h.update(sample.numpy().tobytes())
+    return {
+        "name_or_path": str(getattr(cfg, "_name_or_path", "") or ""),
+        "revision": getattr(cfg, "_commit_hash", None),
+        "model_type": getattr(cfg, "model_type", type(model).__name__),
+        "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
+        "hidden_size": getattr(cfg, "hidden_size", None),
+        "dtype": str(next(model.parameters()).dtype),
+        "weights_digest": "sampled-sha256:" + h.hexdigest(),
+        "tokenizer": str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__),
+        "tokenizer_vocab_size": len(tokenizer) if hasattr(tokenizer, "__len__") else None,
+    }
+
+
+def _as_extractor(side: str, obj: Any, mt: Any):
+    from .extraction import MetaTokenExtractor
+
+    if isinstance(obj, MetaTokenExtractor):
+        if isinstance(obj.pooling, str) and obj.pooling != mt.pooling:
+            raise ValueError(f"the {side} extractor pools with {obj.pooling!r} but config meta_token.pooling "
+                             f"is {mt.pooling!r}; make them agree")
+        return obj
+    if isinstance(obj, tuple) and len(obj) == 2:
+        if mt.pooling == "meta":
+            raise ValueError(f"pooling='meta' needs meta-token embeddings: pass a MetaTokenExtractor(..., "
+                             f"pooling='meta', meta_embeddings=...) as {side}")
+        return MetaTokenExtractor(obj[0], obj[1], mt.pooling, batch_size=mt.batch_size, max_length=mt.max_length)
+    raise TypeError(f"{side} must be a (model, tokenizer) pair or a MetaTokenExtractor, got {type(obj).__name__}")
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _sync_errors(err: BaseException | None, where: str) -> None:
+    """Collective: every rank learns whether any rank failed (so none waits forever at a barrier)."""
+    _rank, world = _dist()
+    if world == 1:
+        if err is not None:
+            raise err
+        return
+    msgs: list[Any] = [None] * world
+    torch.distributed.all_gather_object(msgs, None if err is None else f"{type(err).__name__}: {err}")
+    if err is not None:
+        raise err
+    failed = [(r, m) for r, m in enumerate(msgs) if m is not None]
+    if failed:
+        raise RuntimeError(f"{where} failed on rank(s) {[r for r, _ in failed]}: {failed[0][1]}")
+
+
+# ------------------------------------------------------------------------------------------ dataset
+class MetaTokenDifficultyDataset(Dataset):
+    """A memory-mapped difficulty file, optionally wrapping the data set it scores.
+
+    Args:
+        path (str | Path): a file written by :meth:`precompute` or :meth:`from_distances`.
+        base_dataset (Dataset | None): the data set the file scores (same order). When it exposes
+            ``fingerprint`` (str or method) or ``samples`` (``DialogueSample`` list), it must match.
+        return_difficulty (bool): ``__getitem__`` returns ``(item, difficulty)``. Defaults to False.
+        fingerprint (str | None): expected data fingerprint (checked against the file's).
+
+    Raises:
+        DifficultyFileError: truncated/corrupted file, another schema or library major version,
+            missing tensors, or a sample count / fingerprint that does not match.
+
+    Example:
+        >>> ds = MetaTokenDifficultyDataset("difficulty.safetensors", my_dataset)  # doctest: +SKIP
+        >>> ds.layer_diffs.shape, ds.difficulty[:3], ds.stage[:3]                  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path, base_dataset: Any = None, *, return_difficulty: bool = False,
+                 fingerprint: str | None = None):
+        self.path = Path(path)
+        self._header, self._data_start = read_safetensors_header(self.path)
+        meta = self._header.get("__metadata__") or {}
+        if meta.get("format") != SCHEMA:
+            raise DifficultyFileError(f"{self.path}: not a torch_curriculum difficulty file "
+                                      f"(format={meta.get('format')!r})")
+        if _major(meta.get("schema_version", "?")) != _major(SCHEMA_VERSION):
+            raise DifficultyFileError(f"{self.path}: schema version {meta.get('schema_version')!r}, this library "
+                                      f"reads {SCHEMA_VERSION}; recompute the file")
+        if _major(meta.get("library_version", "?")) != _major(__version__):
+            raise DifficultyFileError(f"{self.path}: written by torch_curriculum {meta.get('library_version')!r}, "
+                                      f"incompatible with {__version__} (major version differs); recompute the file")
+        try:
+            self._n = int(meta["num_samples"])
+            self._l = int(meta["num_layers"])
+            self._prov = json.loads(meta["provenance"])
+        except (KeyError, ValueError) as e:
+            raise DifficultyFileError(f"{self.path}: corrupted metadata ({e})") from None
+        self._score_keys = [k[len("scores."):] for k in self._header if k.startswith("scores.")]
+        expect = {"raw_layer_diffs": ("F64", [self._n, self._l]), "layer_diffs": ("F64", [self._n, self._l]),
+                  "difficulty": ("F64", [self._n]), "percentile": ("F64", [self._n]), "stage": ("I64", [self._n]),
+                  "sample_ids.offsets": ("I64", [self._n + 1])}
+        for k in self._score_keys:
+            expect[f"scores.{k}"] = ("F64", [self._n])
+        for name, (dt, shape) in expect.items():
+            info = self._header.get(name)
+            if info is None:
+                raise DifficultyFileError(f"{self.path}: tensor {name!r} is missing")
+            if info["dtype"] != dt or list(info["shape"]) != shape:
+                raise DifficultyFileError(f"{self.path}: tensor {name!r} is {info['dtype']}{info['shape']}, "
+                                          f"expected {dt}{shape}")
+        if "sample_ids.utf8" not in self._header:
+            raise DifficultyFileError(f"{self.path}: tensor 'sample_ids.utf8' is missing")
+        self._arrays: dict[str, np.ndarray] = {}
+        self._ids: list[str] | None = None
+        self.base_dataset = base_dataset
+        self.return_difficulty = bool(return_difficulty)
+        self._check_base(base_dataset, fingerprint)
+
+    # -- checks
+    def _check_base(self, base: Any, fingerprint: str | None) -> None:
+        file_fp = self.metadata.get("fingerprint")
+        if base is not None:
+            if hasattr(base, "__len__") and len(base) != self._n:
+                raise DifficultyFileError(f"{self.path}: holds {self._n} samples but the base dataset has "
+                                          f"{len(base)}; the file belongs to another data set")
+            if fingerprint is None:
+                fp = getattr(base, "fingerprint", None)
+                if callable(fp):
+                    fp = fp()
+                if fp is None and getattr(base, "samples", None) is not None:
+                    samples = list(base.samples)
+                    if samples and all(hasattr(s, "persona") and hasattr(s, "context") for s in samples):
+                        from .data import data_fingerprint
+                        fp = data_fingerprint(samples)
+                fingerprint = fp
+        if fingerprint is not None and fingerprint != file_fp:
+            raise DifficultyFileError(f"{self.path}: data fingerprint {file_fp!r} does not match the data set's "
+                                      f"{fingerprint!r}; the file was computed on other data (or another order)")
+
+    # -- lazy tensors
+    def _get(self, name: str) -> torch.Tensor:
+        if name not in self._arrays:
+            self._arrays[name] = _memmap(self.path, self._header, self._data_start, name)
+        return torch.from_numpy(self._arrays[name])
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The raw str -> str safetensors metadata."""
+        return dict(self._header.get("__metadata__") or {})
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The parsed provenance JSON (models, pooling, alignment, layer map, metric, K, tau ...)."""
+        return dict(self._prov)
+
+    @property
+    def num_layers(self) -> int:
+        return self._l
+
+    @property
+    def top_k(self) -> int:
+        return int(self._prov["top_k"])
+
+    @property
+    def raw_layer_diffs(self) -> torch.Tensor:
+        """``[N, L]`` float64 raw distances (memory-mapped)."""
+        return self._get("raw_layer_diffs")
+
+    @property
+    def layer_diffs(self) -> torch.Tensor:
+        """``[N, L]`` float64 normalised distances (memory-mapped)."""
+        return self._get("layer_diffs")
+
+    @property
+    def difficulty(self) -> torch.Tensor:
+        """``[N]`` primary score."""
+        return self._get("difficulty")
+
+    @property
+    def percentile(self) -> torch.Tensor:
+        return self._get("percentile")
+
+    @property
+    def stage(self) -> torch.Tensor:
+        """``[N]`` int64 stages, 1-based."""
+        return self._get("stage")
+
+    @property
+    def sample_ids(self) -> list[str]:
+        """The N sample ids (decoded on first access)."""
+        if self._ids is None:
+            blob = self._get("sample_ids.utf8").numpy().tobytes()
+            off = self._get("sample_ids.offsets").tolist()
+            if off[0] != 0 or off[-1] != len(blob) or any(b < a for a, b in itertools.pairwise(off)):
+                raise DifficultyFileError(f"{self.path}: corrupted sample id offsets")
+            self._ids = [blob[a:b].decode("utf-8") for a, b in itertools.pairwise(off)]
+        return self._ids
+
+    def scores(self, name: str) -> torch.Tensor:
+        """An aggregate: ``mean``, ``max``, ``weighted_mean``, ``topk_mean`` (= ``top{K}_mean``) or ``top{K}_mean``.
+
+        Raises:
+            KeyError: unknown name (the message lists the available ones).
+        """
+        key = score_name("topk_mean", self.top_k) if name == "topk_mean" else name
+        if key not in self._score_keys:
+            raise KeyError(f"unknown score {name!r}; available: {', '.join(sorted(self._score_keys))}, topk_mean")
+        return self._get(f"scores.{key}")
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int):
+        if self.base_dataset is None:
+            return {"index": int(i), "sample_id": self.sample_ids[i], "difficulty": float(self.difficulty[i]),
+                    "percentile": float(self.percentile[i]), "stage": int(self.stage[i]),
+                    "layer_diffs": self.layer_diffs[i].clone()}
+        item = self.base_dataset[i]
+        return (item, float(self.difficulty[i])) if self.return_difficulty else item
+
+    def write_labels(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the seed-schema label file (JSON/JSONL by suffix) from this file's normalised diffs."""
+        from .labels import write_labels
+
+        p = self._prov
+        return write_labels(path, self.sample_ids, self.layer_diffs.clone(), top_k=int(p["top_k"]), tau=p["tau"],
+                            stage_percentiles=p["stage_percentiles"], primary=p["primary_score"],
+                            metadata={"difficulty_file": str(self.path.name), **p}, overwrite=overwrite)
+
+    # ------------------------------------------------------------------------------ writing
+    @classmethod
+    def from_distances(cls, raw: Any, sample_ids: Sequence[str], path: str | Path,
+                       config: CurriculumConfig | None = None, *, metadata: Mapping[str, Any] | None = None,
+                       fingerprint: str | None = None, extra_tensors: Mapping[str, Any] | None = None,
+                       overwrite: bool = False) -> MetaTokenDifficultyDataset:
+        """Write a difficulty file from raw ``[N, L]`` distances (no models needed) and open it.
+
+        Normalisation, aggregates, primary score, percentiles and stages follow ``config``.
+
+        Args:
+            raw (array-like): ``[N, L]`` raw per-layer distances.
+            sample_ids (Sequence[str]): N unique non-empty ids.
+            path (str | Path): output ``.safetensors``.
+            config (CurriculumConfig | None): scoring settings; None = defaults.
+            metadata (Mapping | None): extra provenance (JSON-serialisable), stored under the
+                provenance JSON.
+            fingerprint (str | None): data fingerprint; None = sha256 of the ids.
+            extra_tensors (Mapping | None): more tensors to store (names must not clash).
+            overwrite (bool): replace an existing file. Defaults to False.
+
+        Raises:
+            ValueError: bad shape, ids, NaN/Inf (the sample ids are named), K > L.
+            FileExistsError: the file exists and ``overwrite`` is False.
+        """
+        cfg = config or CurriculumConfig()
+        d = torch.as_tensor(raw).to(torch.float64)
+        if d.dim() != 2 or d.shape[0] < 1 or d.shape[1] < 1:
+            raise ValueError(f"raw distances must have shape [N, L] with N, L >= 1, got {tuple(d.shape)}")
+        ids = _check_ids(sample_ids, d.shape[0])
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        if fingerprint is None:
+            fingerprint = hashlib.sha256(_json(ids).encode("ascii")).hexdigest()
+        tensors, meta = _finalise(d, ids, cfg, dict(metadata or {}), fingerprint)
+        for k, v in (extra_tensors or {}).items():
+            if k in tensors:
+                raise ValueError(f"extra tensor name {k!r} clashes with a standard tensor")
+            tensors[k] = v
+        write_safetensors(path, tensors, meta)
+        return cls(path)
+
+    @classmethod
+    def precompute(
+        cls,
+        samples: Sequence[Any],
+        cloud: Any,
+        edge: Any,
+        path: str | Path,
+        config: CurriculumConfig | None = None,
+        *,
+        labels_path: str | Path | None = None,
+        shard_size: int = 256,
+        work_dir: str | Path | None = None,
+        progress: bool = True,
+        overwrite: bool = False,
+        keep_work_dir: bool = False,
+        sample_ids: Sequence[str] | None = None,
+        use_chat_template: bool = False,
+        model_info: Mapping[str, Mapping[str, Any]] | None = None,
+        _after_shard: Callable[[int], None] | None = None,
+    ) -> MetaTokenDifficultyDataset:
+        """Run both models once over ``samples`` and write the difficulty file (and labels).
+
+        Args:
+            samples (Sequence): ``DialogueSample``s (formatted per model with
+                :func:`torch_curriculum.data.format_prompts`: same system prompt, ``max_context_turns``,
+                ``max_length`` from ``config.meta_token``; truncation is logged there), or ready prompts
+                (``Prompt`` objects, ``(text, system_text)`` pairs or strings).
+            cloud: the cloud model as ``(model, tokenizer)`` or a ``MetaTokenExtractor``.
+            edge: the edge model, likewise. L (compared layers) = the edge extractor's layers.
+            path (str | Path): output ``.safetensors`` file.
+            config (CurriculumConfig | None): settings (``meta_token``: pooling, alignment,
+                num_anchors, ridge_alpha, metric, normalisation, K, tau, layer map ...;
+                ``curriculum.stage_percentiles``; ``training.seed`` seeds anchors/folds). None = defaults.
+            labels_path (str | Path | None): also write the seed-schema labels (``.jsonl``/``.json``).
+            shard_size (int): samples per shard (the unit of resume and of distribution). Defaults to 256.
+            work_dir (str | Path | None): shard folder; None = ``<path>.work``. Must be shared by all ranks.
+            progress (bool): tqdm bar with samples/s (rank 0). Defaults to True.
+            overwrite (bool): replace an existing output of another run. Defaults to False (an
+                existing output of the *same* run is simply opened).
+            keep_work_dir (bool): keep the shards after the merge. Defaults to False.
+            sample_ids (Sequence[str] | None): ids when the samples carry none (default: ``sample_{i:08d}``).
+            use_chat_template (bool): format DialogueSamples with each tokenizer's chat template.
+            model_info (Mapping | None): extra provenance per side, ``{"cloud": {...}, "edge": {...}}``
+                (e.g. the GGUF file's sha256).
+
+        Returns:
+            MetaTokenDifficultyDataset: the opened file (on every rank).
+
+        Raises:
+            ValueError: bad inputs, pooling/config conflicts, K > L, layer map errors, NaN/Inf
+                meta tokens or distances (the sample ids are named).
+            DifficultyFileError: the work dir holds shards of another run.
+            FileExistsError: the output exists, belongs to another run, and ``overwrite`` is False.
+        """
+        cfg = config or CurriculumConfig()
+        mt = cfg.meta_token
+        samples = list(samples)
+        if not samples:
+            raise ValueError("no samples to precompute")
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        cloud_ex = _as_extractor("cloud", cloud, mt)
+        edge_ex = _as_extractor("edge", edge, mt)
+        ids, fingerprint = _sample_ids_and_fingerprint(samples, sample_ids)
+        n = len(samples)
+        n_edge, n_cloud = edge_ex.num_layers, cloud_ex.num_layers
+        if mt.pooling == "meta" and n_edge != n_cloud:
+            raise ValueError(f"pooling='meta': the cloud has {n_cloud} meta tokens and the edge {n_edge}; "
+                             "both must hold one meta token per compared layer")
+        if n_edge is not None and n_cloud is not None:
+            resolve_layer_map(mt.layer_map, n_edge, n_cloud)  # fail before any model runs
+        if mt.alignment == "identity" and not callable(cloud_ex.pooling) and cloud_ex.hidden_size != edge_ex.hidden_size:
+            raise ValueError(f"alignment='identity' needs equal widths, but the cloud is {cloud_ex.hidden_size} wide "
+                             f"and the edge {edge_ex.hidden_size}; use alignment='relative' or 'ridge'")
+            if mt.top_k > n_edge:
+                raise ValueError(f"meta_token.top_k={mt.top_k} exceeds the {n_edge} compared (edge) layers")
+        path = Path(path)
+        work = Path(work_dir) if work_dir is not None else path.with_name(path.name + ".work")
+        dialogue = all(hasattr(s, "persona") and hasattr(s, "context") and hasattr(s, "response") for s in samples)
+        info = {"cloud": {**_model_info(cloud_ex.model, cloud_ex.tokenizer), **cloud_ex.describe()},
+                "edge": {**_model_info(edge_ex.model, edge_ex.tokenizer), **edge_ex.describe()}}
+        for side in ("cloud", "edge"):
+            info[side].update((model_info or {}).get(side, {}))
+        inputs = {"kind": "dialogue_samples" if dialogue else "prompts", "system_prompt": mt.system_prompt,
+                  "max_context_turns": mt.max_context_turns, "use_chat_template": bool(use_chat_template),
+                  "num_samples": n, "fingerprint": fingerprint}
+        shard_key = hashlib.sha256(_json({"models": info, "inputs": inputs, "shard_size": shard_size,
+                                          "library_version": __version__}).encode()).hexdigest()
+        scoring = _scoring_settings(cfg)
+        run_key = hashlib.sha256(_json({"shard_key": shard_key, "scoring": scoring}).encode()).hexdigest()
+        rank, world = _dist()
+
+        if path.exists() and not overwrite:
+            try:
+                existing = cls(path)
+            except DifficultyFileError:
+                existing = None
+            if existing is not None and existing.metadata.get("run_key") == run_key:
+                logger.info("%s already holds this run's results; opening it", path)
+                _sync_errors(None, "precompute")
+                return existing
+            raise FileExistsError(f"{path} exists and holds the results of another run; pass overwrite=True "
+                                  "or choose another path")
+
+        # -- shards
+        n_shards = math.ceil(n / shard_size)
+        err: BaseException | None = None
+        try:
+            if rank == 0:
+                _prepare_work_dir(work, {"shard_key": shard_key, "num_shards": n_shards, "models": info,
+                                         "inputs": inputs, "shard_size": shard_size})
+        except BaseException as e:  # re-raised by _sync_errors on every rank
+            err = e
+        _sync_errors(err, "preparing the work dir")
+        mine = [i for i in range(n_shards) if i % world == rank]
+        todo = [i for i in mine if not _shard_ok(work / f"shard_{i:06d}.safetensors", shard_key, i)]
+        bar = None
+        if progress and rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=sum(min(shard_size, n - i * shard_size) for i in mine), unit="sample",
+                       desc="precompute meta tokens", dynamic_ncols=True)
+            bar.update(sum(min(shard_size, n - i * shard_size) for i in mine if i not in todo))
+        try:
+            for i in todo:
+                lo, hi = i * shard_size, min(n, (i + 1) * shard_size)
+                chunk = samples[lo:hi]
+                c_vec = cloud_ex.extract(_prompts_for(chunk, cloud_ex, mt, dialogue, use_chat_template))
+                e_vec = edge_ex.extract(_prompts_for(chunk, edge_ex, mt, dialogue, use_chat_template),
+                                        progress=bar.update if bar is not None else None)
+                write_safetensors(work / f"shard_{i:06d}.safetensors", {"cloud": c_vec, "edge": e_vec},
+                                  {"format": _SHARD_SCHEMA, "shard_key": shard_key, "shard": str(i),
+                                   "start": str(lo), "stop": str(hi)})
+                if _after_shard is not None:
+                    _after_shard(i)
+        except BaseException as e:
+            err = e
+        finally:
+            if bar is not None:
+                bar.close()
+        _sync_errors(err, "computing shards")
+
+        # -- merge (rank 0)
+        err = None
+        if rank == 0:
+            try:
+                tensors, meta = _merge(work, n_shards, ids, cfg, info, inputs, fingerprint, run_key)
+                write_safetensors(path, tensors, meta)
+                if labels_path is not None:
+                    cls(path).write_labels(labels_path, overwrite=True)
+                if not keep_work_dir:
+                    shutil.rmtree(work, ignore_errors=True)
+            except BaseException as e:
+                err = e
+        _sync_errors(err, "merging shards")
+        return cls(path)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _scoring_settings(cfg: CurriculumConfig) -> dict[str, Any]:
+    mt = cfg.meta_token
+    return {"metric": mt.distance_metric, "kl_temperature": mt.kl_temperature, "alignment": mt.alignment,
+            "num_anchors": mt.num_anchors, "ridge_alpha": mt.ridge_alpha, "layer_map": mt.layer_map,
+            "normalization": mt.normalization, "top_k": mt.top_k, "tau": mt.tau,
+            "primary_score": mt.primary_score, "stage_percentiles": list(cfg.curriculum.stage_percentiles),
+            "seed": cfg.training.seed}
+
+
+def _prompts_for(chunk: Sequence[Any], ex: Any, mt: Any, dialogue: bool, use_chat_template: bool) -> list[Any]:
+    if not dialogue:
+        return list(chunk)
+    from .data import format_prompts
+
+    return format_prompts(chunk, system_prompt=mt.system_prompt, max_context_turns=mt.max_context_turns,
+                          tokenizer=ex.tokenizer, use_chat_template=use_chat_template, max_length=ex.max_length)
+
+
+def _prepare_work_dir(work: Path, manifest: dict[str, Any]) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    mpath = work / "manifest.json"
+    text = json.dumps(manifest, sort_keys=True, indent=1, default=str) + "\n"
+    if mpath.exists():
+        try:
+            old = json.loads(mpath.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            old = None
+        if old is None or old.get("shard_key") != manifest["shard_key"]:
+            raise DifficultyFileError(f"work dir {work} holds shards of another run (other models, data, settings "
+                                      "or shard size); delete it or pass another work_dir")
+        return
+    fd, tmp = tempfile.mkstemp(dir=work, prefix=".manifest.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, mpath)
+
+
+def _shard_ok(p: Path, shard_key: str, i: int) -> bool:
+    if not p.exists():
+        return False
+    try:
+        header, _ = read_safetensors_header(p)
+    except DifficultyFileError:
+        logger.warning("shard %s is unreadable; recomputing it", p)
+        return False
+    meta = header.get("__metadata__") or {}
+    return meta.get("shard_key") == shard_key and meta.get("shard") == str(i)
+
+
+def _merge(work: Path, n_shards: int, ids: list[str], cfg: CurriculumConfig, info: dict[str, Any],
+           inputs: dict[str, Any], fingerprint: str, run_key: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Layer map, alignment and distances, one edge layer at a time over all shards."""
+    mt = cfg.meta_token
+    shards = []
+    for i in range(n_shards):
+        p = work / f"shard_{i:06d}.safetensors"
+        header, start = read_safetensors_header(p)
+        shards.append((p, header, start))
+    c_shape = shards[0][1]["cloud"]["shape"]
+    e_shape = shards[0][1]["edge"]["shape"]
+    n_cloud, n_edge = int(c_shape[1]), int(e_shape[1])
+    layer_map = resolve_layer_map(mt.layer_map, n_edge, n_cloud)
+    if mt.top_k > n_edge:
+        raise ValueError(f"meta_token.top_k={mt.top_k} exceeds the {n_edge} compared (edge) layers")
+    n = len(ids)
+    c_arr = [_memmap(p, h, s, "cloud") for p, h, s in shards]
+    e_arr = [_memmap(p, h, s, "edge") for p, h, s in shards]
+    if sum(a.shape[0] for a in e_arr) != n:
+        raise DifficultyFileError(f"work dir {work}: shards hold {sum(a.shape[0] for a in e_arr)} samples, expected {n}")
+    align = mt.alignment
+    extra: dict[str, Any] = {}
+    align_info: dict[str, Any] = {"method": align}
+    anchors = None
+    if align == "relative":
+        k = min(mt.num_anchors, n)
+        if k < mt.num_anchors:
+            logger.warning("num_anchors=%d > N=%d samples: using K=%d anchors (recorded in the file)",
+                           mt.num_anchors, n, k)
+        if k < 2:
+            raise ValueError(f"alignment='relative' needs at least 2 samples for anchors, got N={n}")
+        anchors = select_anchors(n, k, seed=cfg.training.seed)
+        align_info.update(num_anchors=k, anchors=anchors.tolist(), anchor_ids=[ids[a] for a in anchors.tolist()],
+                          centring="anchor mean per model and layer", seed=cfg.training.seed)
+        extra["alignment.anchors"] = anchors
+        c_centre = np.zeros((n_edge, int(c_shape[2])), dtype=np.float64)
+        e_centre = np.zeros((n_edge, int(e_shape[2])), dtype=np.float64)
+    elif align == "ridge":
+        folds = min(5, n)
+        align_info.update(alpha=mt.ridge_alpha, folds=folds, seed=cfg.training.seed,
+                          space="standardised cloud space, cross-fitted (fit on the other folds)")
+    raw = torch.empty(n, n_edge, dtype=torch.float64)
+    for j, m in enumerate(layer_map):
+        c = torch.from_numpy(np.concatenate([a[:, m, :] for a in c_arr]))
+        e = torch.from_numpy(np.concatenate([a[:, j, :] for a in e_arr]))
+        for side, x in (("cloud", c), ("edge", e)):
+            bad = (~torch.isfinite(x)).any(dim=1)
+            if bool(bad.any()):
+                named = [ids[i] for i in bad.nonzero()[:, 0].tolist()[:10]]
+                raise ValueError(f"{side} meta tokens of layer {m if side == 'cloud' else j} are NaN/Inf for "
+                                 f"sample(s) {named} ({int(bad.sum())} in all)")
+        ca, ea, ext = align_layer(c, e, align, anchors=anchors, alpha=mt.ridge_alpha,
+                                  folds=min(5, n), seed=cfg.training.seed)
+        if align == "relative":
+            c_centre[j] = ext["cloud_centre"].numpy()
+            e_centre[j] = ext["edge_centre"].numpy()
+        raw[:, j] = layer_distances(ca[:, None, :], ea[:, None, :], mt.distance_metric,
+                                    temperature=mt.kl_temperature)[:, 0]
+    if align == "relative":
+        extra["alignment.cloud_centre"] = c_centre
+        extra["alignment.edge_centre"] = e_centre
+    provenance = {"models": info, "inputs": inputs, "layer_map": layer_map, "alignment": align_info,
+                  "pooling": {"cloud": info["cloud"]["pooling"], "edge": info["edge"]["pooling"]}}
+    tensors, meta = _finalise(raw, ids, cfg, provenance, fingerprint, run_key=run_key)
+    tensors.update(extra)
+    return tensors, meta
+
+
+def _finalise(raw: torch.Tensor, ids: list[str], cfg: CurriculumConfig, provenance: dict[str, Any],
+              fingerprint: str, run_key: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Normalise, aggregate, rank and stage; the tensors and metadata of a difficulty file."""
+    mt = cfg.meta_token
+    bad = (~torch.isfinite(raw)).any(dim=1)
+    if bool(bad.any()):
+        named = [ids[i] for i in bad.nonzero()[:, 0].tolist()[:10]]
+        raise ValueError(f"NaN/Inf distances for sample(s) {named} ({int(bad.sum())} in all); refusing to write")
+    n, n_layers = raw.shape
+    if mt.top_k > n_layers:
+        raise ValueError(f"meta_token.top_k={mt.top_k} exceeds the number of layers L={n_layers}")
+    tau = mt.tau if mt.tau is not None else n_layers / 3.0
+    norm = normalize_layers(raw, mt.normalization)
+    scores = score_all(norm, k=mt.top_k, tau=tau)
+    primary = scores[score_name(mt.primary_score, mt.top_k)]
+    pct = percentiles(primary)
+    stage = assign_stages(pct, cfg.curriculum.stage_percentiles)
+    utf8, offsets = _encode_ids(ids)
+    tensors: dict[str, Any] = {"raw_layer_diffs": raw, "layer_diffs": norm, "difficulty": primary,
+                               "percentile": pct, "stage": stage, "sample_ids.utf8": utf8,
+                               "sample_ids.offsets": offsets}
+    tensors.update({f"scores.{k}": v for k, v in scores.items()})
+    settings = _scoring_settings(cfg)
+    prov = {**settings, **provenance, "tau": tau, "tau_configured": mt.tau,
+            "primary_score_name": score_name(mt.primary_score, mt.top_k), "fingerprint": fingerprint,
+            "library": "torch_curriculum", "library_version": __version__, "schema_version": SCHEMA_VERSION}
+    meta = {"format": SCHEMA, "schema_version": SCHEMA_VERSION, "library_version": __version__,
+            "num_samples": str(n), "num_layers": str(n_layers), "fingerprint": fingerprint,
+            "run_key": run_key or hashlib.sha256(_json(prov).encode()).hexdigest(), "provenance": _json(prov)}
+    return tensors, meta
