@@ -340,8 +340,13 @@ def bootstrap_ci(values: Any, statistic: Callable = np.mean, *, n_resamples: int
     share = (np.sum(theta_b < theta_hat) + np.sum(theta_b <= theta_hat)) / (2.0 * theta_b.size)
     z0 = special.ndtri(share)
     # Jackknife: row i of ``jack`` is x without element i.
-    jack = x[np.arange(n)[:, None] != np.arange(n)[None, :]].reshape(n, n - 1)
-    theta_j = _apply_rows(statistic, jack)
+    theta_j = np.empty(n, dtype=np.float64)
+    rows = max(1, _BLOCK // n)
+    for start in range(0, n, rows):
+        i = np.arange(start, min(n, start + rows))
+        keep = np.arange(n)[None, :] != i[:, None]
+        jack = np.broadcast_to(x, keep.shape)[keep].reshape(i.size, n - 1)
+        theta_j[start:start + i.size] = _apply_rows(statistic, jack)
     dev = theta_j.mean() - theta_j
     denom = 6.0 * np.sum(dev ** 2) ** 1.5
     a = float(np.sum(dev ** 3) / denom) if denom > 0 else 0.0
