@@ -404,6 +404,10 @@ class MetaTokenExtractor:
                         raise ValueError(f"{e} (prompt indices of this batch: {idx})") from e
                     if result is None:
                         result = torch.empty(len(toks), vec.shape[1], vec.shape[2], dtype=torch.float32)
+                    elif vec.shape[1:] != result.shape[1:]:
+                        raise ValueError(f"pooling returned [B, {vec.shape[1]}, {vec.shape[2]}] for prompts {idx} but "
+                                         f"[B, {result.shape[1]}, {result.shape[2]}] before; a pooling callable "
+                                         "must return [B, L, d] with a fixed L and d")
                     result[torch.tensor(idx)] = vec
                     if progress is not None:
                         progress(len(idx))
