@@ -156,6 +156,17 @@ class CurriculumSection:
             losses instead of the fixed ``loss_threshold``. Defaults to False.
         min_percentile (float | None): floor of the dynamic percentile; None means
             ``stage_percentiles[0]``.
+        pacing (str): the curriculum clock: ``epoch`` (default; the pool is fixed per epoch) or
+            ``step`` (every ``update(loss)`` is one step; needs ``training.steps_per_epoch``).
+        adaptive_window (int): losses averaged by the adaptive threshold. Defaults to 50.
+        layer_groups (int | list[list[int]] | None): layer-specific phase 1: a number of contiguous
+            layer groups or explicit lists of layers; None means one group per layer (step pacing)
+            or one per phase-1 epoch (epoch pacing). Defaults to None.
+        phase1_epochs (float | None): layer-specific: length of phase 1 in epochs; None means half
+            of the curriculum after warm-up. Defaults to None.
+        phase1_order (str): layer-specific phase 1: ``sorted`` (default, easy to hard by the
+            layer's d_i) or ``shuffled``.
+        phase2_order (str): layer-specific phase 2: ``random`` (default) or ``easy_to_hard``.
     """
 
     strategy: str = "layer_wise_progressive"
@@ -168,6 +179,12 @@ class CurriculumSection:
     strict_order: bool = False
     adaptive_threshold: bool = False
     min_percentile: float | None = None
+    pacing: str = "epoch"
+    adaptive_window: int = 50
+    layer_groups: int | list[list[int]] | None = None
+    phase1_epochs: float | None = None
+    phase1_order: str = "sorted"
+    phase2_order: str = "random"
 
     @staticmethod
     def _complete(data: dict[str, Any]) -> dict[str, Any]:
@@ -209,6 +226,22 @@ class CurriculumSection:
                 raise ConfigError(f"{prefix}.{name}", f"must lie in [0, 1], got {v}")
         if self.min_percentile is not None and not 0 < self.min_percentile <= 1:
             raise ConfigError(f"{prefix}.min_percentile", f"must lie in (0, 1], got {self.min_percentile}")
+        _choice(f"{prefix}.pacing", self.pacing, ("epoch", "step"))
+        _choice(f"{prefix}.phase1_order", self.phase1_order, ("sorted", "shuffled"))
+        _choice(f"{prefix}.phase2_order", self.phase2_order, ("random", "easy_to_hard"))
+        if self.adaptive_window < 1:
+            raise ConfigError(f"{prefix}.adaptive_window", f"must be >= 1, got {self.adaptive_window}")
+        g = self.layer_groups
+        if isinstance(g, int) and g < 1:
+            raise ConfigError(f"{prefix}.layer_groups", f"must be >= 1 groups, got {g}")
+        if isinstance(g, list):
+            flat = [i for grp in g for i in grp]
+            if not g or any(not grp for grp in g):
+                raise ConfigError(f"{prefix}.layer_groups", f"must be non-empty lists of layer indices, got {g}")
+            if any(i < 0 for i in flat) or len(set(flat)) != len(flat):
+                raise ConfigError(f"{prefix}.layer_groups", f"layer indices must be >= 0 and not repeat, got {g}")
+        if self.phase1_epochs is not None and self.phase1_epochs < 0:
+            raise ConfigError(f"{prefix}.phase1_epochs", f"must be >= 0 (or null), got {self.phase1_epochs}")
 
 
 @dataclass
@@ -220,12 +253,19 @@ class TrainingSection:
         curriculum_end_epoch (int): from this epoch on the full data set is used in random order (seed: 5).
         warmup_epochs (int): the first N curriculum epochs use the first stage's (easiest) pool (seed: 1).
         seed (int): seed of every sampler's permutation. Defaults to 0.
+        steps_per_epoch (int | None): optimisation steps per epoch, the unit of ``curriculum.pacing:
+            step`` (required there). Defaults to None.
+        samples_per_epoch (int | None): indices drawn per epoch (all ranks together); None means the
+            pool size for pools fixed per epoch and the data set size for pools that move within an
+            epoch. Defaults to None.
     """
 
     curriculum_start_epoch: int = 0
     curriculum_end_epoch: int = 5
     warmup_epochs: int = 1
     seed: int = 0
+    steps_per_epoch: int | None = None
+    samples_per_epoch: int | None = None
 
     def validate(self, prefix: str = "training") -> None:
         for name in ("curriculum_start_epoch", "curriculum_end_epoch", "warmup_epochs"):
@@ -235,6 +275,10 @@ class TrainingSection:
             raise ConfigError(f"{prefix}.curriculum_end_epoch",
                               f"curriculum_end_epoch={self.curriculum_end_epoch} is before "
                               f"curriculum_start_epoch={self.curriculum_start_epoch}")
+        for name in ("steps_per_epoch", "samples_per_epoch"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{prefix}.{name}", f"must be >= 1 (or null), got {v}")
         span = self.curriculum_end_epoch - self.curriculum_start_epoch
         if self.warmup_epochs > span:
             raise ConfigError(f"{prefix}.warmup_epochs",

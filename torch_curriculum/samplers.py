@@ -87,20 +87,19 @@ _MIN_CHUNK = 256
 class _View:
     """One difficulty score: its percentiles, the sorted percentiles (pool sizes) and its order."""
 
-    __slots__ = ("_order", "min_pct", "pct", "score", "sorted_np")
+    __slots__ = ("_order", "min_pct", "pct_np", "score", "sorted_np")
 
     def __init__(self, score: torch.Tensor):
         self.score = score
-        self.pct = percentiles(score)
-        sorted_pct = torch.sort(self.pct).values
-        self.sorted_np = sorted_pct.numpy()
-        self.min_pct = float(sorted_pct[0])
-        self._order: torch.Tensor | None = None
+        self.pct_np = percentiles(score).numpy()
+        self.sorted_np = np.sort(self.pct_np)
+        self.min_pct = float(self.sorted_np[0])
+        self._order: np.ndarray | None = None
 
-    def order(self) -> torch.Tensor:
+    def order(self) -> np.ndarray:
         """Easy-to-hard order (ties by index), computed on first use."""
         if self._order is None:
-            self._order = torch.argsort(self.score, stable=True)
+            self._order = np.argsort(self.score.numpy(), kind="stable")
         return self._order
 
     def pool(self, p: float) -> tuple[float, int]:
@@ -298,7 +297,7 @@ class _CurriculumSampler(Sampler[int]):
         self._fingerprint = [self._n, int(self.layer_diffs.shape[1]),
                              round(float(self.layer_diffs.sum()), 6), round(float(self.scores.sum()), 6)]
         self._views: dict[str, _View] = {}
-        self._perm_cache: dict[tuple[int, int, str | None], torch.Tensor] = {}
+        self._perm_cache: dict[tuple[int, int, str | None], np.ndarray] = {}
         # pacing state
         self.epoch = 0
         self.step = 0
@@ -392,6 +391,8 @@ class _CurriculumSampler(Sampler[int]):
 
     def _start_epoch(self, epoch: int) -> None:
         self._drop_chunk()
+        if epoch != self.epoch:
+            self._perm_cache.clear()  # permutations are per epoch; keep memory at O(N)
         self.epoch = epoch
         self._walk = 0
         self._yielded = 0
@@ -421,14 +422,14 @@ class _CurriculumSampler(Sampler[int]):
         return self._num_local
 
     # ----------------------------------------------------------------- drawing
-    def _perm(self, q: int, kind: str | None) -> torch.Tensor:
+    def _perm(self, q: int, kind: str | None) -> np.ndarray:
         if kind is not None:
             return self._view(kind).order()
         key = (self.epoch, q, None)
         perm = self._perm_cache.get(key)
         if perm is None:
             g = torch.Generator().manual_seed(_derive_seed(self.seed, self.epoch, q))
-            perm = torch.randperm(self._n, generator=g)
+            perm = torch.randperm(self._n, generator=g).numpy()
             if len(self._perm_cache) >= 2:
                 self._perm_cache.pop(next(iter(self._perm_cache)))
             self._perm_cache[key] = perm
@@ -472,6 +473,7 @@ class _CurriculumSampler(Sampler[int]):
             self._pass_kind = None
 
     def _build_chunk(self) -> bool:
+        # numpy, not torch: these small single-threaded ops must not wait on OpenMP threads
         rem = self._num_local - self._yielded
         if rem <= 0:
             return False
@@ -481,7 +483,7 @@ class _CurriculumSampler(Sampler[int]):
         n = self._n
         k, p_eff = self._pool_size, self._p_eff
         full = k >= n
-        pct = None if full else self._view(self._pace_vid).pct
+        pct = None if full else self._view(self._pace_vid).pct_np
         w = self._walk
         kinds: dict[int, str | None] = {}
         els, poss = [], []
@@ -497,23 +499,26 @@ class _CurriculumSampler(Sampler[int]):
             if full:
                 end = min(c + need - got, n)
                 e = perm[c:end]
-                pos = torch.arange(q * n + c, q * n + end)
+                pos = None
             else:
                 est = int((need - got) * n / max(k, 1) * 1.1) + 64
                 end = min(c + est, n)
                 seg = perm[c:end]
-                hit = (pct[seg] <= p_eff).nonzero().squeeze(1)
+                hit = np.flatnonzero(pct[seg] <= p_eff)
                 e = seg[hit]
                 pos = hit + (q * n + c)
             els.append(e)
-            poss.append(pos)
-            got += e.numel()
+            poss.append((q * n + c, e.size) if pos is None else pos)
+            got += e.size
             w = q * n + end
-        g = torch.cat(els)[:need] if len(els) > 1 else els[0][:need]
-        pos = torch.cat(poss)[:need] if len(poss) > 1 else poss[0][:need]
+        g = np.concatenate(els)[:need] if len(els) > 1 else els[0][:need]
+        if full:  # walk positions are contiguous
+            self._after = np.arange(self._walk + r_n, self._walk + need + 1, r_n)
+        else:
+            pos = np.concatenate(poss)[:need] if len(poss) > 1 else poss[0][:need]
+            self._after = pos[r_n - 1::r_n] + 1
         self._chunk_w0, self._chunk_y0 = self._walk, self._yielded
         self._chunk_kinds = kinds
-        self._after = (pos[r_n - 1::r_n] + 1).numpy()
         self._buf = g[r::r_n].tolist()
         self._it = iter(self._buf)
         self._stale = None
