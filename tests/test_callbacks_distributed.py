@@ -1,0 +1,169 @@
+"""PacingCallback and CurriculumTrainer under real torch.distributed (gloo, 2 CPU processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+pytestmark = pytest.mark.distributed
+
+WORLD = 2
+N_SAMPLES = 40
+N_LAYERS = 4
+# rank 0 sees easy batches, rank 1 hard ones; their mean crosses the threshold (2.0) differently
+# from either rank alone, so only the all_reduce can make the two ranks agree with the reference
+LOSSES = {0: [1.0, 1.2, 0.8, 1.9, 1.0, 3.5, 0.7, 1.1],
+          1: [2.6, 2.9, 3.4, 2.2, 2.4, 3.9, 2.5, 2.7]}
+
+
+def _table() -> torch.Tensor:
+    return torch.rand(N_SAMPLES, N_LAYERS, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+
+
+def _pacing_worker(rank: int, init_file: str, out_dir: str) -> None:
+    from torch_curriculum.callbacks import PacingCallback
+    from torch_curriculum.samplers import DynamicPacingSampler
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        sampler = DynamicPacingSampler(_table(), warmup_epochs=0, seed=4)  # rank/replicas from dist
+        pacing = PacingCallback(sampler, smoothing=0.5)
+        record = {"num_replicas": sampler.num_replicas, "rank": sampler.rank, "fed": [],
+                  "percentile": [], "indices": []}
+        it = iter(sampler)
+        for loss in LOSSES[rank]:
+            record["indices"].append(next(it))
+            # a 0-d tensor, as a training loop has it
+            record["fed"].append(pacing(torch.tensor(loss)))
+            record["percentile"].append(sampler.state["percentile"])
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(record, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_loss_is_averaged_over_ranks_so_every_rank_paces_the_same(tmp_path):
+    mp.spawn(_pacing_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    recs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert [(r["num_replicas"], r["rank"]) for r in recs] == [(2, 0), (2, 1)]
+    # identical decisions on both ranks although each saw different losses
+    assert recs[0]["fed"] == recs[1]["fed"]
+    assert recs[0]["percentile"] == recs[1]["percentile"]
+
+    from torch_curriculum.callbacks import PacingCallback
+    from torch_curriculum.samplers import DynamicPacingSampler
+
+    def single(losses):
+        s = DynamicPacingSampler(_table(), warmup_epochs=0, seed=4, num_replicas=1, rank=0)
+        cb = PacingCallback(s, smoothing=0.5)
+        out = []
+        for x in losses:
+            cb(x)
+            out.append(s.state["percentile"])
+        return out
+
+    means = [(a + b) / 2 for a, b in zip(LOSSES[0], LOSSES[1])]
+    assert recs[0]["percentile"] == pytest.approx(single(means), abs=1e-12)
+    # the test can fail: rank 1 alone would have paced differently
+    assert single(LOSSES[1]) != pytest.approx(recs[1]["percentile"])
+    # every index either rank drew lies within the percentile in force when it was drawn (the
+    # initial one, then the one set by the previous update): the shared decisions drove both ranks
+    from torch_curriculum.difficulty import aggregate, percentiles
+
+    pct = percentiles(aggregate(_table(), "topk_mean", k=3))
+    in_force = [DynamicPacingSampler(_table(), warmup_epochs=0).state["percentile"],
+                *recs[0]["percentile"][:-1]]
+    for rec in recs:
+        assert all(pct[i] <= p + 1e-12 for i, p in zip(rec["indices"], in_force)), rec["indices"]
+    assert max(in_force) > in_force[0]  # the pool did move
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _trainer_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
+
+    from torch_curriculum.callbacks import CurriculumTrainer
+    from torch_curriculum.samplers import LayerWiseProgressiveSampler
+
+    class Tokens(torch.utils.data.Dataset):
+        def __init__(self):
+            self.ids = torch.randint(3, 64, (N_SAMPLES, 8), generator=torch.Generator().manual_seed(0))
+            self.fetched: list[int] = []
+
+        def __len__(self):
+            return N_SAMPLES
+
+        def __getitem__(self, i):
+            self.fetched.append(int(i))
+            return {"input_ids": self.ids[i], "labels": self.ids[i].clone()}
+
+    class Epochs(TrainerCallback):
+        def __init__(self, ds):
+            self.ds, self.starts = ds, []
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            self.starts.append(len(self.ds.fetched))
+
+    args = TrainingArguments(output_dir=os.path.join(out_dir, "out"), per_device_train_batch_size=2,
+                             num_train_epochs=3, logging_steps=1, report_to=[], use_cpu=True,
+                             ddp_backend="gloo", save_strategy="no", disable_tqdm=True,
+                             dataloader_num_workers=0, seed=0)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                                         max_position_embeddings=64, pad_token_id=0))
+    ds = Tokens()
+    kw = dict(curriculum_start_epoch=0, curriculum_end_epoch=3, warmup_epochs=0, seed=9)
+    sampler = LayerWiseProgressiveSampler(_table(), **kw)  # after init: reads rank/world from dist
+    epochs = Epochs(ds)
+    trainer = CurriculumTrainer(model=model, args=args, train_dataset=ds, curriculum_sampler=sampler,
+                                pacing=True, callbacks=[epochs])
+    trainer.train()
+    logs = [{k: v for k, v in h.items() if k.startswith("curriculum/")}
+            for h in trainer.state.log_history if "loss" in h]
+    with open(os.path.join(out_dir, f"trainer{rank}.json"), "w") as f:
+        json.dump({"fetched": ds.fetched, "starts": epochs.starts, "logs": logs,
+                   "world": dist.get_world_size(), "replicas": sampler.num_replicas,
+                   "global_step": trainer.state.global_step}, f)
+
+
+def test_curriculum_trainer_under_ddp_keeps_the_samplers_rank_slices(tmp_path):
+    mp.spawn(_trainer_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    recs = [json.loads((tmp_path / f"trainer{r}.json").read_text()) for r in range(WORLD)]
+    assert all(r["world"] == 2 and r["replicas"] == 2 for r in recs)
+    assert recs[0]["logs"] == recs[1]["logs"]  # same pacing state on both ranks
+    assert recs[0]["global_step"] == recs[1]["global_step"]
+
+    from torch_curriculum.samplers import LayerWiseProgressiveSampler
+
+    kw = dict(curriculum_start_epoch=0, curriculum_end_epoch=3, warmup_epochs=0, seed=9)
+    for e in range(3):
+        per_rank = []
+        for rank in range(WORLD):
+            ref = LayerWiseProgressiveSampler(_table(), num_replicas=WORLD, rank=rank, **kw)
+            ref.set_epoch(e)
+            expected = list(ref)
+            bounds = [*recs[rank]["starts"], len(recs[rank]["fetched"])]
+            got = recs[rank]["fetched"][bounds[e]:bounds[e + 1]]
+            # each rank trains on exactly its own slice: accelerate did not shard it again
+            assert got == expected, (e, rank)
+            per_rank.append(expected)
+        global_ref = LayerWiseProgressiveSampler(_table(), num_replicas=1, rank=0, **kw)
+        global_ref.set_epoch(e)
+        whole = list(global_ref)
+        assert sorted(per_rank[0] + per_rank[1]) == sorted(whole) or len(whole) % WORLD
+        if len(whole) % WORLD == 0:
+            assert not set(per_rank[0]) & set(per_rank[1])
