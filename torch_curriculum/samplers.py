@@ -414,7 +414,7 @@ class _CurriculumSampler(Sampler[int]):
         """
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
-        if epoch == self.epoch and not self._exhausted:
+        if epoch == self.epoch and not self._epoch_done():
             return
         self._start_epoch(epoch)
 
@@ -526,8 +526,13 @@ class _CurriculumSampler(Sampler[int]):
             self._chunk_target *= 2
         return True
 
+    def _epoch_done(self) -> bool:
+        return self._exhausted or (self._num_local > 0 and self._position()[1] >= self._num_local)
+
     def __iter__(self) -> Iterator[int]:
-        if self._exhausted:
+        # a new iterator continues a partly drawn epoch (resume) and starts the next epoch after a
+        # fully drawn one, so loops that never call set_epoch still get fresh permutations
+        if self._epoch_done():
             self._start_epoch(self.epoch + 1)
         return self._generate()
 
