@@ -28,6 +28,7 @@ from torch_curriculum.callbacks import (  # noqa: E402
 from torch_curriculum.difficulty import aggregate, percentiles  # noqa: E402
 from torch_curriculum.samplers import (  # noqa: E402
     DynamicPacingSampler,
+    LayerSpecificSampler,
     LayerWiseProgressiveSampler,
 )
 
@@ -39,6 +40,15 @@ N_LAYERS = 4
 # ---------------------------------------------------------------------------------------------
 # helpers (real models and data, small)
 # ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared 2-core box they only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
@@ -252,13 +262,20 @@ def test_trainer_dynamic_pacing_state_changes_and_indices_come_from_the_sampler(
     assert all(pct_of_sample[i] <= percentile0 + 1e-9 for i in ds.fetched[:4])
 
 
-def test_trainer_epoch_lengths_follow_the_sampler_and_indices_match(tmp_path):
-    """Stage-paced epochs of different lengths: each epoch is exactly the sampler's epoch."""
+@pytest.mark.parametrize("accumulation", [1, 3])
+def test_trainer_epoch_lengths_follow_the_sampler_and_indices_match(tmp_path, accumulation):
+    """Stage-paced epochs of different lengths: each epoch is exactly the sampler's epoch.
+
+    The stock Trainer would size every epoch like the first (16 samples), cutting the later, larger
+    pools short; with gradient accumulation the last partial group of each epoch must still step.
+    """
     ds = TokenDataset()
     kw = dict(num_stages=3, curriculum_start_epoch=0, curriculum_end_epoch=3, warmup_epochs=0, seed=5)
     sampler = LayerWiseProgressiveSampler(difficulty_table(), **kw)
     recorder = EpochRecorder(ds)
-    trainer = CurriculumTrainer(model=tiny_llama(), args=training_args(tmp_path, num_train_epochs=4),
+    trainer = CurriculumTrainer(model=tiny_llama(),
+                                args=training_args(tmp_path, num_train_epochs=4,
+                                                   gradient_accumulation_steps=accumulation),
                                 train_dataset=ds, curriculum_sampler=sampler, pacing=True,
                                 callbacks=[recorder])
     trainer.train()
@@ -268,12 +285,13 @@ def test_trainer_epoch_lengths_follow_the_sampler_and_indices_match(tmp_path):
     for e in range(4):
         reference.set_epoch(e)
         expected.append(list(reference))
-        steps.append(math.ceil(len(expected[-1]) / 4))
+        steps.append(math.ceil(math.ceil(len(expected[-1]) / 4) / accumulation))
     assert len({len(x) for x in expected}) > 1, "the test needs epochs of different lengths"
     bounds = [*recorder.starts, len(ds.fetched)]
     got = [ds.fetched[bounds[e]:bounds[e + 1]] for e in range(4)]
     assert got == expected
     assert recorder.steps_at_epoch_end == list(np.cumsum(steps))
+    assert trainer.state.max_steps == sum(steps)  # so the LR schedule spans the real run
     stages = [h.get("curriculum/stage") for h in trainer.state.log_history if "loss" in h]
     phases_per_epoch = [stages[a:b] for a, b in zip(np.cumsum([0, *steps[:-1]]), np.cumsum(steps))]
     # epochs 0-2 are stages 1-3; epoch 3 is after the curriculum (random, no stage: not logged)
@@ -514,3 +532,33 @@ def test_layer_mask_in_the_trainer_with_peft(tmp_path):
         assert changed_layers(snapshots[epoch], snapshots[epoch + 1]) == expected, epoch
     logged = [h["curriculum/num_trainable_layers"] for h in trainer.state.log_history if "loss" in h]
     assert logged[0] == 2 and logged[-1] == 4
+
+
+def test_layer_specific_walk_in_the_trainer_trains_one_lora_layer_per_step(tmp_path):
+    """Step pacing: phase 1 gives each layer one optimiser step, phase 2 trains all layers jointly."""
+    ds = TokenDataset()
+    model = lora_model()
+    sampler = LayerSpecificSampler(difficulty_table(), pacing="step", steps_per_epoch=4,
+                                   curriculum_start_epoch=0, curriculum_end_epoch=2, warmup_epochs=0)
+    sched = LayerMaskScheduler(model, sampler)
+    snapshots, planned = [], []
+
+    class Snap(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            planned.append(sampler.trainable_layers)
+            snapshots.append(lora_by_layer(model))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            snapshots.append(lora_by_layer(model))
+
+    trainer = CurriculumTrainer(model=model, args=training_args(tmp_path, max_steps=8, learning_rate=1e-2,
+                                                                weight_decay=0.1),
+                                train_dataset=ds, curriculum_sampler=sampler,
+                                pacing={"smoothing": 0.0}, callbacks=[sched, Snap()])
+    trainer.train()
+    assert planned == [[0], [1], [2], [3], None, None, None, None]
+    moved = [changed_layers(a, b) for a, b in itertools.pairwise(snapshots)]
+    assert moved == [{0}, {1}, {2}, {3}] + [{0, 1, 2, 3}] * 4
+    logged = [h["curriculum/current_layer"] for h in trainer.state.log_history
+              if "curriculum/current_layer" in h]
+    assert logged == [1, 2, 3]  # the state after each of the first updates (phase 2 has no layer)

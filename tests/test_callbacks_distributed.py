@@ -30,6 +30,7 @@ def _pacing_worker(rank: int, init_file: str, out_dir: str) -> None:
     from torch_curriculum.callbacks import PacingCallback
     from torch_curriculum.samplers import DynamicPacingSampler
 
+    torch.set_num_threads(1)  # two processes on a 2-core box
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         sampler = DynamicPacingSampler(_table(), warmup_epochs=0, seed=4)  # rank/replicas from dist
@@ -93,6 +94,7 @@ def _free_port() -> int:
 def _trainer_worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)  # two processes on a 2-core box
     from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
 
     from torch_curriculum.callbacks import CurriculumTrainer
