@@ -214,6 +214,8 @@ def test_paired_test_small_n_and_degenerate():
     assert out["p_value"] == pytest.approx(stats.ttest_rel([1.0, 2.0, 3.0], [1.5, 2.2, 3.9]).pvalue)
     same = paired_test([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
     assert same["p_value"] == 1.0 and same["mean_diff"] == 0.0
+    shifted = paired_test([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])
+    assert shifted["p_value"] == 0.0 and shifted["t_stat"] == math.inf
     with pytest.raises(ValueError, match="same length"):
         paired_test([1.0, 2.0], [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="at least 2"):

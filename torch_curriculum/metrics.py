@@ -424,9 +424,15 @@ def paired_test(a: Any, b: Any) -> dict[str, Any]:
         out.update(t_stat=0.0, t_p=1.0, wilcoxon_stat=None,
                    wilcoxon_p=1.0 if x.size >= _WILCOXON_MIN_N else None, p_value=1.0)
         return out
-    t = stats.ttest_rel(x, y)
-    out["t_stat"] = float(t.statistic)
-    out["t_p"] = float(t.pvalue)
+    if np.ptp(d) == 0.0:
+        # Every difference is the same non-zero number: zero variance, t is infinite (scipy gets
+        # there too, with a precision warning).
+        out["t_stat"] = math.copysign(math.inf, float(d[0]))
+        out["t_p"] = 0.0
+    else:
+        t = stats.ttest_rel(x, y)
+        out["t_stat"] = float(t.statistic)
+        out["t_p"] = float(t.pvalue)
     if x.size >= _WILCOXON_MIN_N:
         w = stats.wilcoxon(x, y)
         out["wilcoxon_stat"] = float(w.statistic)

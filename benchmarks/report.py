@@ -1,0 +1,549 @@
+"""Markdown report and PNG plots of one benchmark preset, built ONLY from its results directory.
+
+Usage::
+
+    python benchmarks/report.py benchmarks/results/<preset> [--no-plots]
+
+Reads ``<dir>/results.json`` (schema: ``benchmarks/RESULTS_SCHEMA.md`` and the docstring of
+``benchmarks/_results.py``), the per-run JSONL logs it references (``runs.<strategy>.<seed>.log``)
+and the arrays under ``arrays`` (``layer_diffs``, ``layer_diffs_raw``: ``.npy`` ``[N, L]``;
+``h1_samples``: ``.npz`` of per-sample signals and targets), all relative to ``<dir>``. Writes
+``<dir>/report.md`` and, when matplotlib is importable, ``<dir>/plots/*.png``:
+
+* ``learning_curves.png``: validation loss per strategy (mean over seeds, min-max band) and the
+  smoothed training LM loss;
+* ``difficulty_hist_per_layer.png``: histogram of d_i per layer (raw distances when present);
+* ``heatmap_layer_diffs.png``: normalised d_i, samples (sorted by mean difficulty) x layers;
+* ``heatmap_update_norm.png``: per strategy, the LoRA update norm of every layer over training
+  (mean over seeds);
+* ``h1_scatter.png``: the best H1 signals against the primary H1 target.
+
+Nothing is recomputed from models: re-running this script on the same directory gives the same
+report. The last line printed is one JSON object (``report``, ``plots``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Importable both as a script (its folder is sys.path[0]) and from tests by file path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import ResultsError, load_results, read_run_log
+
+__all__ = ["build_report", "main", "make_plots", "render_markdown"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_HEATMAP_ROWS = 2000
+_MAX_SCATTER = 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------------
+
+
+def _f(x: Any, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    ax = abs(float(x))
+    if ax != 0 and (ax < 10 ** -nd or ax >= 1e6):
+        return f"{x:.{nd}g}" if ax >= 1e6 else f"{x:.2e}"
+    return f"{x:.{nd}f}"
+
+
+def _p(p: Any) -> str:
+    if p is None:
+        return "—"
+    return "<0.001" if p < 1e-3 else f"{p:.3f}"
+
+
+def _ci(ci: Sequence[float] | None, nd: int = 3) -> str:
+    if not ci or any(v is None for v in ci):
+        return "—"
+    return f"[{_f(ci[0], nd)}, {_f(ci[1], nd)}]"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _ci_overlap(a: Sequence[float], b: Sequence[float]) -> bool:
+    return not (a[1] < b[0] or b[1] < a[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------
+
+
+def _h1_section(h1: Mapping[str, Any] | None) -> list[str]:
+    lines = ["## H1 — do large meta-token differences mark hard samples?", ""]
+    if not h1:
+        return [*lines, "No H1 data in this results file.", ""]
+    primary = h1["primary_target"]
+    sigs = h1["signals"]
+    conf = round(100 * h1.get("confidence", 0.95))
+    lines += [f"Rank correlation of each difficulty signal with each target, {h1.get('method', '')}"
+              f" ({h1.get('n_boot', '?')} resamples, {conf}% CIs). Sorted by |Spearman ρ| on the "
+              f"primary target; the best predictor is marked **best**.", ""]
+    targets = [primary] + [t for t in h1["targets"] if t != primary]
+    for t in targets:
+        desc = h1["targets"].get(t) or ""
+        lines += [f"### Target: `{t}`" + (" (primary)" if t == primary else ""), ""]
+        if desc:
+            lines += [desc, ""]
+        order = sorted(sigs, key=lambda s, t=t: (-abs(sigs[s]["by_target"][t]["spearman"]), s))
+        rows = []
+        for rank, s in enumerate(order, start=1):
+            r = sigs[s]["by_target"][t]
+            mark = " **best**" if rank == 1 else ""
+            rows.append([rank, f"`{s}`{mark}", sigs[s].get("kind", ""),
+                         f"{_f(r['spearman'])} {_ci(r['ci95']['spearman'])}", _p(r["spearman_p"]),
+                         f"{_f(r['kendall'])} {_ci(r['ci95']['kendall'])}", _p(r["kendall_p"]),
+                         r["n"], r.get("n_dropped", 0)])
+        lines += _table(["#", "signal", "kind", "Spearman ρ [CI]", "p(ρ)", "Kendall τ [CI]",
+                         "p(τ)", "n", "dropped"], rows)
+        best = order[0]
+        rb = sigs[best]["by_target"][t]
+        lines += ["", f"**Best predictor of `{t}`: `{best}`** (ρ = {_f(rb['spearman'])}, "
+                      f"{conf}% CI {_ci(rb['ci95']['spearman'])})."]
+        meta = [s for s in order if sigs[s].get("kind") == "meta_token"]
+        ctrl = [s for s in order if sigs[s].get("kind") != "meta_token"]
+        if meta and ctrl:
+            m, c = sigs[meta[0]]["by_target"][t], sigs[ctrl[0]]["by_target"][t]
+            overlap = _ci_overlap(m["ci95"]["spearman"], c["ci95"]["spearman"])
+            verdict = ("their CIs overlap, so this data cannot tell them apart" if overlap else
+                       ("the meta-token signal is clearly ahead" if abs(m["spearman"]) >
+                        abs(c["spearman"]) else "the cheap signal is clearly ahead"))
+            lines += [f"Best meta-token signal `{meta[0]}` (ρ = {_f(m['spearman'])}) vs best cheap "
+                      f"signal `{ctrl[0]}` (ρ = {_f(c['spearman'])}): {verdict}."]
+        lines.append("")
+    return lines
+
+
+def _h2_section(h2: Mapping[str, Any] | None) -> list[str]:
+    lines = ["## H2 — does the curriculum converge faster than random?", ""]
+    if not h2:
+        return [*lines, "No H2 data (no baseline runs).", ""]
+    conf = round(100 * h2.get("confidence", 0.95))
+    lines += [f"% fewer optimizer steps to the target validation loss than `{h2['baseline']}`, "
+              f"per seed then averaged (positive = faster); {conf}% Student-t CI over seeds; "
+              f"p = paired t-test of steps to target by seed. Censoring: {h2.get('censoring', '')}."
+              " The seed expected 20–30% fewer steps.", ""]
+    rows = []
+    summary = []
+    strategies = h2["strategies"]
+    for s in sorted(strategies, key=lambda k: -(strategies[k]["pct_fewer_steps_vs_random"]
+                                                 if strategies[k]["pct_fewer_steps_vs_random"]
+                                                 is not None else -math.inf)):
+        r = strategies[s]
+        per_seed = ", ".join(_f(v, 1) for v in r.get("per_seed") or [])
+        rows.append([f"`{s}`", f"{_f(r['pct_fewer_steps_vs_random'], 1)}%",
+                     _ci(r["ci95"], 1), _p(r["p_value"]), per_seed,
+                     f"{r.get('n_censored', 0)}/{r.get('n_pairs', '?')}",
+                     _f(r.get("pct_fewer_samples_vs_random"), 1),
+                     _f(r.get("pct_fewer_wall_time_vs_random"), 1)])
+        ci, p = r["ci95"], r["p_value"]
+        if ci is None or p is None:
+            summary.append(f"`{s}`: too few seeds for a CI/test")
+        elif p <= 0.05 and ci[0] > 0:
+            summary.append(f"`{s}`: significantly faster")
+        elif p <= 0.05 and ci[1] < 0:
+            summary.append(f"`{s}`: significantly slower")
+        else:
+            summary.append(f"`{s}`: not significantly different from random")
+    lines += _table(["strategy", "% fewer steps", f"{conf}% CI", "p", "per seed (%)",
+                     "censored", "% fewer samples", "% less wall time"], rows)
+    lines += ["", "Plainly: " + "; ".join(summary) + ".", ""]
+    return lines
+
+
+def _h3_section(h3: Mapping[str, Any] | None) -> list[str]:
+    lines = ["## H3 — ranking of strategies", ""]
+    if not h3 or not h3.get("rankings"):
+        note = (h3 or {}).get("note") or "no ranking in this results file"
+        return [*lines, f"No ranking: {note}.", ""]
+    lines += [f"Mean over seeds {h3.get('seeds')} with Student-t CIs; tests: "
+              f"{h3.get('test', '')} (alpha = {h3.get('alpha')}). Lower is better.", ""]
+    for metric_name, block in h3["rankings"].items():
+        lines += [f"### By {metric_name.replace('_', ' ')}"
+                  + (" (primary)" if metric_name == h3.get("primary_metric") else ""), ""]
+        rows = [[r["rank"], f"`{r['strategy']}`", _f(r["mean"]), _ci(r["ci95"]),
+                 _p(r["p_holm_vs_next"]), _f(r["significant_vs_next"]),
+                 _p(r["p_holm_vs_best"]), _f(r["significant_vs_best"])]
+                for r in block["ranking"]]
+        lines += _table(["rank", "strategy", "mean", "CI", "Holm p vs next", "sig. vs next",
+                         "Holm p vs best", "sig. vs best"], rows)
+        lines += ["", f"> {block['verdict']}", ""]
+    return lines
+
+
+def _runs_section(doc: Mapping[str, Any]) -> list[str]:
+    lines = ["## Runs", ""]
+    target = doc["target"]
+    lines += [f"Target validation loss: rule `{target.get('rule')}` (baseline "
+              f"`{target.get('baseline')}`, interpolation "
+              f"{'on' if target.get('interpolate') else 'off'}); per seed: "
+              + ", ".join(f"seed {k}: {_f(v, 4)}" for k, v in
+                          (target.get("per_seed") or {}).items()) + ".", ""]
+    rows = []
+    for s, by_seed in doc["runs"].items():
+        for seed, r in by_seed.items():
+            log = f"[log]({r['log']})" if r.get("log") else "—"
+            rows.append([f"`{s}`", seed, _f(r["steps_to_target"], 1),
+                         _f(r["samples_to_target"], 0), _f(r.get("wall_time_to_target"), 1),
+                         _f(r["final_val_loss"], 4), _f(r["test_loss"], 4), log])
+    lines += _table(["strategy", "seed", "steps to target", "samples to target",
+                     "wall time to target (s)", "final val loss", "test loss", "log"], rows)
+    lines += ["", "— = never reached (or not measured).", ""]
+    return lines
+
+
+def _per_layer_section(per_layer: Mapping[str, Any] | None) -> list[str]:
+    lines = ["## Per-layer analysis", ""]
+    if not per_layer:
+        return [*lines, "No per-layer LoRA update norms were logged.", ""]
+    strategies = list(per_layer)
+    n_layers = max(len(v["stabilisation_step_mean"]) for v in per_layer.values())
+    lines += ["Step at which each layer's LoRA update norm stabilises (first logged step after "
+              "which it stays within ±5% of its final value; mean over seeds). Earlier = that "
+              "layer converged sooner.", ""]
+    rows = []
+    for layer in range(n_layers):
+        row: list[Any] = [layer]
+        for s in strategies:
+            vals = per_layer[s]["stabilisation_step_mean"]
+            row.append(_f(vals[layer], 0) if layer < len(vals) else "—")
+        rows.append(row)
+    lines += _table(["layer", *[f"`{s}`" for s in strategies]], rows)
+    return [*lines, ""]
+
+
+def render_markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
+    """The Markdown report of a results document.
+
+    Args:
+        doc (Mapping): a validated results document.
+        plots (Sequence[str]): plot paths relative to the results directory, embedded in order.
+
+    Returns:
+        str: the report.
+    """
+    prov = doc["provenance"]
+    lines = [f"# Curriculum benchmark report{': ' + doc['preset'] if doc.get('preset') else ''}",
+             "", "Generated from `results.json` (schema v"
+             f"{doc['schema_version']}) and the run logs it references by "
+             "`benchmarks/report.py`; regenerate with "
+             "`python benchmarks/report.py <this directory>`.", ""]
+    lines += _h1_section(doc.get("h1"))
+    lines += _h2_section(doc.get("h2"))
+    lines += _h3_section(doc.get("h3"))
+    lines += _runs_section(doc)
+    lines += _per_layer_section(doc.get("per_layer"))
+    lines += ["## Figures", ""]
+    if plots:
+        lines += [f"![{Path(p).stem}]({p})" for p in plots]
+    else:
+        lines.append("No figures (matplotlib is not installed, or plots were disabled; "
+                     "`pip install 'torch_curriculum[examples]'` adds it).")
+    lines += ["", "## Provenance", ""]
+    lines += _table(["field", "value"],
+                    [["seed", prov.get("seed")], ["seeds", prov.get("seeds")],
+                     ["data fingerprint", f"`{prov.get('data_fingerprint')}`"],
+                     *[[f"version: {k}", v] for k, v in (prov.get("versions") or {}).items()],
+                     *[[k, f"`{json.dumps(v)}`"] for k, v in prov.items()
+                       if k not in ("seed", "seeds", "data_fingerprint", "versions", "config")]])
+    lines += ["", "<details><summary>config</summary>", "", "```json",
+              json.dumps(prov.get("config"), indent=2, sort_keys=True), "```", "", "</details>", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: the report has no figures "
+                       "(pip install 'torch_curriculum[examples]')")
+        return None
+    return plt
+
+
+def _logs(doc: Mapping[str, Any], root: Path) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for s, by_seed in doc["runs"].items():
+        for r in by_seed.values():
+            if r.get("log"):
+                out.setdefault(s, []).append(read_run_log(root / r["log"]))
+    return out
+
+
+def _on_grid(xs: list[np.ndarray], ys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Every (x, y) curve on the union of x values, NaN outside each curve's own range."""
+    grid = np.unique(np.concatenate(xs))
+    rows = [np.where((grid >= x[0]) & (grid <= x[-1]), np.interp(grid, x, y), np.nan)
+            for x, y in zip(xs, ys)]
+    return grid, np.vstack(rows)
+
+
+def _smooth(y: np.ndarray) -> np.ndarray:
+    w = max(1, y.size // 50)
+    if w == 1:
+        return y
+    return np.convolve(y, np.ones(w) / w, mode="valid")
+
+
+def _learning_curves(plt: Any, logs: Mapping[str, list[dict]], doc: Mapping[str, Any],
+                     path: Path) -> bool:
+    if not logs:
+        return False
+    fig, (ax_val, ax_tr) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for s, runs in logs.items():
+        vals = [(r["val"]["step"], r["val"]["loss"]) for r in runs if r["val"]["step"].size]
+        if vals:
+            grid, ys = _on_grid([v[0] for v in vals], [v[1] for v in vals])
+            with np.errstate(invalid="ignore"), _quiet():
+                mean = np.nanmean(ys, axis=0)
+                lo, hi = np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
+            (line,) = ax_val.plot(grid, mean, label=f"{s} (n={len(vals)})")
+            ax_val.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2)
+        trs = [(r["train"]["step"], r["train"]["lm_loss"]) for r in runs if r["train"]["step"].size]
+        if trs:
+            grid, ys = _on_grid([t[0] for t in trs], [t[1] for t in trs])
+            with _quiet():
+                mean = np.nanmean(ys, axis=0)
+            sm = _smooth(mean)
+            ax_tr.plot(grid[grid.size - sm.size:], sm, label=s)
+    targets = [v for v in (doc["target"].get("per_seed") or {}).values() if v is not None]
+    if targets:
+        ax_val.axhline(float(np.mean(targets)), color="k", ls="--", lw=1, label="target (mean)")
+    ax_val.set(title="Validation loss (mean over seeds, band = min–max)", xlabel="step",
+               ylabel="loss")
+    ax_tr.set(title="Training LM loss (mean over seeds, moving average)", xlabel="step",
+              ylabel="loss")
+    ax_val.legend(fontsize=7)
+    ax_tr.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+class _quiet:
+    """Silence numpy's 'mean of empty slice' warnings where all-NaN columns are expected."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)
+
+
+def _hist_per_layer(plt: Any, d: np.ndarray, raw: bool, path: Path) -> None:
+    n_layers = d.shape[1]
+    ncols = min(6, n_layers)
+    nrows = math.ceil(n_layers / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.4 * ncols, 1.9 * nrows), squeeze=False)
+    for layer in range(nrows * ncols):
+        ax = axes[layer // ncols][layer % ncols]
+        if layer >= n_layers:
+            ax.axis("off")
+            continue
+        ax.hist(d[:, layer], bins=30, color="tab:blue")
+        ax.set_title(f"layer {layer}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(f"Difficulty d_i per layer ({'raw distance' if raw else 'normalised'}), "
+                 f"N = {d.shape[0]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _heatmap_diffs(plt: Any, d: np.ndarray, path: Path) -> None:
+    order = np.argsort(d.mean(axis=1), kind="stable")
+    if order.size > _MAX_HEATMAP_ROWS:  # display only: evenly spaced rows of the sorted order
+        order = order[np.linspace(0, order.size - 1, _MAX_HEATMAP_ROWS).astype(int)]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    im = ax.imshow(d[order], aspect="auto", interpolation="nearest", cmap="viridis")
+    ax.set(title="Per-layer difficulty d_i (samples sorted by mean d, easy at top)",
+           xlabel="layer", ylabel="sample (sorted)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _heatmap_update_norms(plt: Any, logs: Mapping[str, list[dict]], path: Path) -> bool:
+    panels = {}
+    for s, runs in logs.items():
+        upd = [r["layer_update_norm"] for r in runs if r["layer_update_norm"] is not None]
+        if not upd:
+            continue
+        steps = upd[0]["step"]
+        # Seeds may log at different steps: interpolate each onto the first seed's steps.
+        stack = [np.stack([np.interp(steps, u["step"], u["norms"][:, j])
+                           for j in range(u["norms"].shape[1])], axis=1) for u in upd
+                 if u["norms"].shape[1] == upd[0]["norms"].shape[1]]
+        panels[s] = (steps, np.mean(stack, axis=0))
+    if not panels:
+        return False
+    k = len(panels)
+    ncols = min(3, k)
+    nrows = math.ceil(k / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
+    for i in range(nrows * ncols):
+        ax = axes[i // ncols][i % ncols]
+        if i >= k:
+            ax.axis("off")
+            continue
+        s, (steps, norms) = list(panels.items())[i]
+        im = ax.imshow(norms.T, aspect="auto", origin="lower", interpolation="nearest",
+                       extent=(steps[0], steps[-1], -0.5, norms.shape[1] - 0.5), cmap="magma")
+        ax.set(title=f"{s}: LoRA update norm", xlabel="step", ylabel="layer")
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _h1_scatter(plt: Any, h1: Mapping[str, Any], samples: Mapping[str, np.ndarray],
+                path: Path) -> bool:
+    primary = h1["primary_target"]
+    if primary not in samples:
+        logger.warning("h1_samples has no column %r: no H1 scatter", primary)
+        return False
+    names = [s for s in h1["ranking"] if s in samples][:_MAX_SCATTER]
+    if not names:
+        return False
+    ncols = min(3, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    y = samples[primary]
+    for i in range(nrows * ncols):
+        ax = axes[i // ncols][i % ncols]
+        if i >= len(names):
+            ax.axis("off")
+            continue
+        s = names[i]
+        r = h1["signals"][s]
+        ax.scatter(samples[s], y, s=4, alpha=0.35)
+        ax.set_title(f"{s}\nρ = {_f(r['spearman'])} {_ci(r['ci95']['spearman'])}", fontsize=8)
+        ax.set_xlabel(s, fontsize=7)
+        ax.set_ylabel(primary, fontsize=7)
+    fig.suptitle(f"H1: signals vs {primary} (best {len(names)} by |ρ|)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def make_plots(doc: Mapping[str, Any], results_dir: str | Path, plt: Any) -> list[str]:
+    """Write every plot the results directory has data for; return their relative paths.
+
+    Args:
+        doc (Mapping): the validated results document.
+        results_dir (str | Path): the directory holding it (logs and arrays are read from here).
+        plt: ``matplotlib.pyplot``.
+
+    Returns:
+        list[str]: ``plots/<name>.png`` for each plot written.
+    """
+    root = Path(results_dir)
+    out_dir = root / "plots"
+    out_dir.mkdir(exist_ok=True)
+    written: list[str] = []
+    logs = _logs(doc, root)
+    if _learning_curves(plt, logs, doc, out_dir / "learning_curves.png"):
+        written.append("plots/learning_curves.png")
+    arrays = doc.get("arrays") or {}
+    hist_src = arrays.get("layer_diffs_raw") or arrays.get("layer_diffs")
+    if hist_src:
+        _hist_per_layer(plt, np.load(root / hist_src), "layer_diffs_raw" in arrays,
+                        out_dir / "difficulty_hist_per_layer.png")
+        written.append("plots/difficulty_hist_per_layer.png")
+    if arrays.get("layer_diffs"):
+        _heatmap_diffs(plt, np.load(root / arrays["layer_diffs"]),
+                       out_dir / "heatmap_layer_diffs.png")
+        written.append("plots/heatmap_layer_diffs.png")
+    if _heatmap_update_norms(plt, logs, out_dir / "heatmap_update_norm.png"):
+        written.append("plots/heatmap_update_norm.png")
+    if doc.get("h1") and arrays.get("h1_samples"):
+        with np.load(root / arrays["h1_samples"]) as npz:
+            samples = {k: npz[k] for k in npz.files}
+        if _h1_scatter(plt, doc["h1"], samples, out_dir / "h1_scatter.png"):
+            written.append("plots/h1_scatter.png")
+    return written
+
+
+def build_report(results_dir: str | Path, *, plots: bool = True) -> Path:
+    """Write ``<results_dir>/report.md`` (and ``plots/*.png`` when matplotlib is installed).
+
+    Args:
+        results_dir (str | Path): a preset's results directory holding ``results.json``.
+        plots (bool): draw figures if matplotlib is importable. Default True.
+
+    Returns:
+        Path: the report file.
+
+    Raises:
+        ResultsError: missing/invalid ``results.json``, or a log/array it references is missing or
+            malformed (the message names it).
+    """
+    root = Path(results_dir)
+    doc = load_results(root)
+    plt = _pyplot() if plots else None
+    written = make_plots(doc, root, plt) if plt is not None else []
+    path = root / "report.md"
+    path.write_text(render_markdown(doc, written), encoding="utf-8")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``python benchmarks/report.py <results_dir> [--no-plots]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results_dir", help="e.g. benchmarks/results/cpu")
+    parser.add_argument("--no-plots", action="store_true", help="Markdown only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        path = build_report(args.results_dir, plots=not args.no_plots)
+    except ResultsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    plots = sorted(p.relative_to(path.parent).as_posix()
+                   for p in (path.parent / "plots").glob("*.png")) if not args.no_plots else []
+    print(json.dumps({"report": str(path), "plots": plots}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

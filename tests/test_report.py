@@ -1,0 +1,445 @@
+"""benchmarks/_results.py (results.json sections) and benchmarks/report.py (Markdown + plots)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from torch_curriculum import metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _results  # noqa: E402
+
+
+def _load_report():
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+report = _load_report()
+
+STRATEGIES = {"random": 40.0, "easy_to_hard": 30.0, "layer_wise_progressive": 20.0}
+SEEDS = (0, 1, 2)
+L = 4
+EVAL_EVERY = 5
+STEPS = 100
+
+
+def val_curve(tau: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exponential decay; the time constant jitters by seed and strategy so seeds differ."""
+    steps = np.arange(0, STEPS + 1, EVAL_EVERY, dtype=float)
+    jitter = np.random.default_rng([int(tau), seed]).uniform(-0.12, 0.12)
+    return steps, 2.0 + 3.0 * np.exp(-steps / (tau * (1 + jitter))) + 0.01 * seed
+
+
+def write_log(path: Path, strategy: str, seed: int, tau: float, *, never_reach: bool = False,
+              batch: int = 8) -> None:
+    """A JSONL log in the format of torch_curriculum.loragen.train_generator."""
+    _, val = val_curve(tau, seed)
+    if never_reach:
+        val = val + 1.0
+    recs = [{"type": "run", "steps": STEPS, "batch_size": batch, "seed": seed,
+             "sampler": strategy, "num_layers": L}]
+    vi = 0
+    for step in range(0, STEPS + 1):
+        if step > 0:
+            upd = [float(1 - math.exp(-step / (5.0 * (j + 1)))) for j in range(L)]
+            recs.append({"type": "train", "step": step, "epoch": step // 25,
+                         "loss": float(val[min(vi, len(val) - 1)] + 0.3),
+                         "lm_loss": float(val[min(vi, len(val) - 1)] + 0.29),
+                         "balance_loss": 0.1, "samples_seen": step * batch, "tokens": 100,
+                         "wall_time": 0.05 * step, "lr": 1e-3, "sampler_state": {"stage": 1},
+                         "trainable_layers": list(range(L)),
+                         "layer_grad_norm": [0.1 * (j + 1) for j in range(L)],
+                         "shared_grad_norm": 0.2,
+                         **({"layer_update_norm": upd} if step % 2 == 0 else {})})
+        if step % EVAL_EVERY == 0:
+            recs.append({"type": "val", "step": step, "samples_seen": step * batch,
+                         "wall_time": 0.05 * step + 0.01, "loss": float(val[vi])})
+            vi += 1
+    recs.append({"type": "test", "step": STEPS, "loss": float(val[-1] + 0.05)})
+    recs.append({"type": "end", "steps": STEPS, "samples_seen": STEPS * batch,
+                 "wall_time": 0.05 * STEPS, "final_val_loss": float(val[-1]),
+                 "test_loss": float(val[-1] + 0.05)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+
+
+def h1_inputs(n: int = 120):
+    rng = np.random.default_rng(0)
+    hard = rng.normal(size=n)
+    signals = {"meta_l2_top3_mean": hard + rng.normal(scale=0.5, size=n),
+               "meta_cosine_mean": hard + rng.normal(scale=2.0, size=n),
+               "response_length": rng.normal(size=n),
+               "edge_loss_before": -hard + rng.normal(scale=0.3, size=n)}
+    train_loss = 2 + hard + rng.normal(scale=0.5, size=n)
+    train_loss[5] = np.nan  # never drawn in the random run
+    targets = {"train_loss_mean": train_loss, "loss_after": 2 + hard + rng.normal(size=n)}
+    return signals, targets
+
+
+def make_results_dir(root: Path, *, never_reach: str | None = None) -> tuple[Path, dict]:
+    records = []
+    for s, tau in STRATEGIES.items():
+        for seed in SEEDS:
+            log = root / "runs" / s / f"seed{seed}.jsonl"
+            write_log(log, s, seed, tau, never_reach=(s == never_reach))
+            records.append(_results.run_record_from_log(log, s, seed, results_dir=root))
+    signals, targets = h1_inputs()
+    rng = np.random.default_rng(1)
+    raw = np.abs(rng.normal(size=(120, L))) * np.arange(1, L + 1)
+    arrays = _results.save_arrays(root, layer_diffs=stats.rankdata(raw, axis=0) / 120,
+                                  layer_diffs_raw=raw, h1_samples={**signals, **targets})
+    doc = _results.build_results(
+        records, signals=signals, targets=targets,
+        signal_info={"edge_loss_before": {"kind": "control", "description": "bare edge loss"}},
+        target_descriptions={"train_loss_mean": "per-sample training loss, random-order run"},
+        provenance={"config": {"steps": STEPS}, "seed": 0, "data_fingerprint": "sha256:abc"},
+        arrays=arrays, preset="fixture", n_boot=300)
+    _results.write_results(root, doc)
+    return root, doc
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    return make_results_dir(tmp_path_factory.mktemp("cpu"))
+
+# ------------------------------------------------------------------ run logs
+
+
+def test_read_run_log_parses_every_record_type(tmp_path):
+    log = tmp_path / "r.jsonl"
+    write_log(log, "random", 0, 40.0)
+    with open(log, "a") as fh:
+        fh.write(json.dumps({"type": "checkpoint", "path": "x"}) + "\n")
+    out = _results.read_run_log(log)
+    steps, val = val_curve(40.0, 0)
+    np.testing.assert_array_equal(out["val"]["step"], steps)
+    np.testing.assert_allclose(out["val"]["loss"], val)
+    assert out["train"]["step"].size == STEPS
+    assert out["layer_update_norm"]["norms"].shape == (STEPS // 2, L)
+    assert out["layer_grad_norm"]["norms"].shape == (STEPS, L)
+    assert out["test_loss"] == pytest.approx(val[-1] + 0.05)
+    assert out["other"] == [{"type": "checkpoint", "path": "x"}]  # kept, not dropped
+    rec = _results.run_record_from_log(log, "random", 0, results_dir=tmp_path)
+    assert rec["log"] == "r.jsonl" and rec["final_val_loss"] == pytest.approx(val[-1])
+
+
+@pytest.mark.parametrize("line,match", [
+    ("{not json", r"r\.jsonl:2: not valid JSON"),
+    ('{"step": 1}', r"r\.jsonl:2: expected a JSON object with a 'type'"),
+    ('{"type": "val", "step": 1, "samples_seen": 8, "wall_time": 1.0}', "lacks 'loss'"),
+    ('{"type": "val", "step": 1, "samples_seen": 8, "wall_time": 1.0, "loss": "x"}', "number"),
+])
+def test_read_run_log_errors_name_file_and_line(tmp_path, line, match):
+    log = tmp_path / "r.jsonl"
+    log.write_text('{"type": "run"}\n' + line + "\n")
+    with pytest.raises(_results.ResultsError, match=match):
+        _results.read_run_log(log)
+
+
+def test_read_run_log_rejects_changing_layer_count(tmp_path):
+    log = tmp_path / "r.jsonl"
+    base = {"type": "train", "epoch": 0, "loss": 1.0, "samples_seen": 8, "wall_time": 1.0}
+    log.write_text(json.dumps({**base, "step": 1, "layer_update_norm": [1.0, 2.0]}) + "\n"
+                   + json.dumps({**base, "step": 2, "layer_update_norm": [1.0]}) + "\n")
+    with pytest.raises(_results.ResultsError, match="has 1 layers, line 1 had 2"):
+        _results.read_run_log(log)
+    with pytest.raises(_results.ResultsError, match="does not exist"):
+        _results.read_run_log(tmp_path / "missing.jsonl")
+
+# ------------------------------------------------------------------ build_results
+
+
+def test_runs_section_uses_the_metric_definitions(results_dir):
+    _, doc = results_dir
+    for s, tau in STRATEGIES.items():
+        for seed in SEEDS:
+            run = doc["runs"][s][str(seed)]
+            target = val_curve(40.0, seed)[1][-1]  # random's final val loss on this seed
+            steps, val = val_curve(tau, seed)
+            assert run["target_loss"] == pytest.approx(target)
+            assert run["steps_to_target"] == metrics.steps_to_target(steps, val, target)
+            assert run["samples_to_target"] == run["steps_to_target"] * 8
+            assert run["wall_time_to_target"] == pytest.approx(0.05 * run["steps_to_target"] + 0.01)
+            assert run["final_val_loss"] == pytest.approx(val[-1])
+            assert run["test_loss"] == pytest.approx(val[-1] + 0.05)
+            assert run["log"] == f"runs/{s}/seed{seed}.jsonl"
+            assert len(run["layer_stabilisation_step"]) == L
+    # the baseline reaches its own per-seed final loss, at the end of the run at the latest
+    assert all(doc["runs"]["random"][str(k)]["reached"] for k in SEEDS)
+    # a faster-decaying curve reaches the same target sooner
+    assert (doc["runs"]["layer_wise_progressive"]["0"]["steps_to_target"]
+            < doc["runs"]["random"]["0"]["steps_to_target"])
+
+
+def test_h2_matches_hand_computation_and_scipy(results_dir):
+    _, doc = results_dir
+    h2 = doc["h2"]["strategies"]
+    assert set(h2) == {"easy_to_hard", "layer_wise_progressive"}
+    for s in h2:
+        strat = [doc["runs"][s][str(k)]["steps_to_target"] for k in SEEDS]
+        rand = [doc["runs"]["random"][str(k)]["steps_to_target"] for k in SEEDS]
+        pct = [100 * (r - x) / r for x, r in zip(strat, rand)]
+        assert h2[s]["per_seed"] == pytest.approx(pct)
+        assert h2[s]["pct_fewer_steps_vs_random"] == pytest.approx(np.mean(pct))
+        ref_ci = stats.t.interval(0.95, 2, loc=np.mean(pct), scale=stats.sem(pct))
+        assert h2[s]["ci95"] == pytest.approx(list(ref_ci))
+        t = stats.ttest_rel(strat, rand)
+        if np.isfinite(t.pvalue):
+            assert h2[s]["p_value"] == pytest.approx(t.pvalue)
+        assert h2[s]["n_pairs"] == 3 and h2[s]["n_censored"] == 0
+
+
+def test_h1_correlations_match_scipy_and_best_is_max_abs_spearman(results_dir):
+    _, doc = results_dir
+    h1 = doc["h1"]
+    signals, targets = h1_inputs()
+    keep = np.isfinite(targets["train_loss_mean"])
+    for name, x in signals.items():
+        row = h1["signals"][name]
+        assert row["spearman"] == pytest.approx(
+            stats.spearmanr(x[keep], targets["train_loss_mean"][keep]).statistic)
+        assert row["kendall"] == pytest.approx(
+            stats.kendalltau(x[keep], targets["train_loss_mean"][keep]).statistic)
+        assert row["n"] == 119 and row["n_dropped"] == 1
+        assert row["by_target"]["loss_after"]["n"] == 120
+        assert row["ci95"]["spearman"][0] <= row["spearman"] <= row["ci95"]["spearman"][1]
+    ranking = h1["ranking"]
+    abs_rho = [abs(h1["signals"][s]["spearman"]) for s in ranking]
+    assert abs_rho == sorted(abs_rho, reverse=True)
+    assert h1["best"] == ranking[0]
+    # edge_loss_before is strongly (negatively) correlated: |rho| ranks it, not the sign
+    assert h1["best"] == "edge_loss_before"
+    assert h1["signals"]["edge_loss_before"]["kind"] == "control"
+    assert h1["signals"]["meta_l2_top3_mean"]["kind"] == "meta_token"
+
+
+def test_h3_ranks_every_strategy_with_verdicts(results_dir):
+    _, doc = results_dir
+    h3 = doc["h3"]
+    assert set(h3["rankings"]) == {"steps_to_target", "final_val_loss", "test_loss"}
+    steps = h3["rankings"]["steps_to_target"]
+    assert steps["ranking"][0]["strategy"] == "layer_wise_progressive"
+    assert steps["ranking"][-1]["strategy"] == "random"
+    assert isinstance(steps["verdict"], str) and steps["verdict"]
+    assert doc["per_layer"]["random"]["n_seeds"] == 3
+    # layer j's update norm 1 - exp(-t/(5(j+1))) settles later for deeper j
+    stab = doc["per_layer"]["random"]["stabilisation_step_mean"]
+    assert stab == sorted(stab) and stab[0] < stab[-1]
+
+
+def test_results_json_is_strict_json_and_round_trips(results_dir):
+    root, doc = results_dir
+    text = (root / "results.json").read_text()
+    loaded = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert loaded == doc
+    assert loaded["provenance"]["versions"]["numpy"] == np.__version__
+    assert loaded["provenance"]["seeds"] == list(SEEDS)
+    assert _results.load_results(root) == doc
+
+
+def test_never_reaching_strategy_is_censored_at_its_budget(tmp_path):
+    _, doc = make_results_dir(tmp_path, never_reach="easy_to_hard")
+    for k in SEEDS:
+        run = doc["runs"]["easy_to_hard"][str(k)]
+        assert run["steps_to_target"] is None and run["reached"] is False
+        assert run["samples_to_target"] is None
+    h2 = doc["h2"]["strategies"]["easy_to_hard"]
+    assert h2["n_censored"] == 3
+    rand = [doc["runs"]["random"][str(k)]["steps_to_target"] for k in SEEDS]
+    # censored at the next evaluation after the budget: 100 + 5
+    assert h2["per_seed"] == pytest.approx([100 * (r - STEPS - EVAL_EVERY) / r for r in rand])
+    ranking = doc["h3"]["rankings"]["steps_to_target"]["ranking"]
+    assert ranking[-1]["strategy"] == "easy_to_hard"
+
+
+def _rec(strategy, seed, losses=(3.0, 2.0)):
+    return {"strategy": strategy, "seed": seed, "val_steps": [0, 10][:len(losses)],
+            "val_losses": list(losses)}
+
+
+PROV = {"config": {}, "seed": 0, "data_fingerprint": "x"}
+
+
+@pytest.mark.parametrize("records,kwargs,match", [
+    ([_rec("random", 0), _rec("random", 0)], {}, "duplicate run"),
+    ([_rec("dynamic", 0)], {}, "baseline strategy 'random' has no run"),
+    ([_rec("random", 0), _rec("dynamic", 1)], {}, r"no run for seed\(s\) \[1\]"),
+    ([_rec("random", 0)], {"target_rule": "median"}, "target_rule"),
+    ([_rec("random", 0)], {"target_rule": "fixed"}, "finite target_loss"),
+    ([{"strategy": "random", "seed": 0, "val_steps": [0]}], {}, "lacks 'val_losses'"),
+    ([{**_rec("random", 0), "val_samples": [1]}], {}, "val_samples has 1 entries"),
+    ([_rec("random", 0)], {"signals": {"a": [1, 2, 3]}}, "signals were given without targets"),
+    ([_rec("random", 0)], {"signals": {"a": [1, 2, 3]}, "targets": {"t": [1, 2]}}, "has 3 values"),
+])
+def test_build_results_errors(records, kwargs, match):
+    with pytest.raises(_results.ResultsError, match=match):
+        _results.build_results(records, provenance=PROV, **kwargs)
+
+
+def test_build_results_needs_provenance_and_handles_one_seed():
+    with pytest.raises(_results.ResultsError, match="provenance lacks"):
+        _results.build_results([_rec("random", 0)], provenance={"seed": 0})
+    doc = _results.build_results([_rec("random", 0), _rec("dynamic", 0, (3.0, 1.0))],
+                                 provenance=PROV)
+    assert doc["h3"]["rankings"] == {} and "needs >= 2 seeds" in doc["h3"]["note"]
+    assert doc["h2"]["strategies"]["dynamic"]["ci95"] is None
+    assert doc["h2"]["strategies"]["dynamic"]["pct_fewer_steps_vs_random"] == 0.0
+    fixed = _results.build_results([_rec("random", 0), _rec("dynamic", 0, (3.0, 1.0))],
+                                   provenance=PROV, target_rule="fixed", target_loss=1.5,
+                                   interpolate=True)
+    # 3.0 at 0, 1.0 at 10: 1.5 is reached at 7.5 by interpolation
+    assert fixed["runs"]["dynamic"]["0"]["steps_to_target"] == pytest.approx(7.5)
+    assert fixed["runs"]["random"]["0"]["steps_to_target"] is None
+
+# ------------------------------------------------------------------ report
+
+
+def _is_png(path: Path) -> bool:
+    return path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_with_plots(results_dir):
+    pytest.importorskip("matplotlib")
+    root, doc = results_dir
+    path = report.build_report(root)
+    text = path.read_text()
+    for name in ("learning_curves", "difficulty_hist_per_layer", "heatmap_layer_diffs",
+                 "heatmap_update_norm", "h1_scatter"):
+        png = root / "plots" / f"{name}.png"
+        assert png.is_file() and _is_png(png), name
+        assert f"](plots/{name}.png)" in text
+    # H1 table: best signal first and marked; the plain sentence names it
+    h1_rows = [ln for ln in text.splitlines() if ln.startswith("| 1 | `")]
+    assert h1_rows[0].startswith(f"| 1 | `{doc['h1']['best']}` **best**")
+    assert f"**Best predictor of `train_loss_mean`: `{doc['h1']['best']}`**" in text
+    assert "cannot tell them apart" in text or "clearly ahead" in text
+    # H2 and H3 carry their numbers and verdicts
+    lwp = doc["h2"]["strategies"]["layer_wise_progressive"]
+    assert f"{lwp['pct_fewer_steps_vs_random']:.1f}%" in text
+    assert doc["h3"]["rankings"]["steps_to_target"]["verdict"] in text
+    assert "runs/random/seed0.jsonl" in text
+    assert "sha256:abc" in text
+
+
+def test_report_without_matplotlib_is_markdown_only(results_dir, tmp_path, monkeypatch):
+    root, _ = make_results_dir(tmp_path)
+    # None in sys.modules makes `import matplotlib` raise ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    path = report.build_report(root)
+    text = path.read_text()
+    assert "No figures (matplotlib is not installed" in text
+    assert not list((root / "plots").glob("*.png")) if (root / "plots").exists() else True
+    assert "## H1" in text and "## H2" in text and "## H3" in text
+
+
+def test_report_is_regenerated_identically_and_from_files_only(results_dir, tmp_path):
+    root, _ = make_results_dir(tmp_path)
+    first = report.build_report(root, plots=False).read_text()
+    second = report.build_report(root, plots=False).read_text()
+    assert first == second
+    # the report reads the logs: a deleted log is an error that names it
+    (root / "runs" / "random" / "seed1.jsonl").unlink()
+    with pytest.raises(_results.ResultsError, match="runs/random/seed1.jsonl"):
+        report.build_report(root, plots=False)
+
+
+def test_cli_regenerates_the_report(results_dir, tmp_path):
+    root, _ = make_results_dir(tmp_path)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(root),
+                           "--no-plots"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["report"] == str(root / "report.md") and last["plots"] == []
+    assert (root / "report.md").read_text().startswith("# Curriculum benchmark report: fixture")
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"),
+                          str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "results.json does not exist" in bad.stderr
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: d.pop("h2"), "'h2' is missing"),
+    (lambda d: d["runs"]["random"]["0"].pop("steps_to_target"),
+     "'runs.random.0.steps_to_target' is missing"),
+    (lambda d: d["provenance"].pop("data_fingerprint"), "'provenance.data_fingerprint'"),
+    (lambda d: d.update(schema_version=99), "schema_version 99"),
+    (lambda d: d["arrays"].update(layer_diffs="arrays/gone.npy"), "arrays.layer_diffs"),
+    (lambda d: d["h2"]["strategies"]["easy_to_hard"].pop("p_value"),
+     "h2.strategies.easy_to_hard.p_value"),
+])
+def test_invalid_results_file_names_the_field(results_dir, tmp_path, mutate, match):
+    root, doc = results_dir
+    bad = json.loads(json.dumps(doc))
+    mutate(bad)
+    with pytest.raises(_results.ResultsError, match=match):
+        _results.validate_results(bad, root)
+
+
+def test_real_train_generator_log_feeds_build_results(tmp_path):
+    """The log format of the reference training loop is what read_run_log reads."""
+    loragen = pytest.importorskip("torch_curriculum.loragen")
+    import torch
+    from torch.utils.data import RandomSampler
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    d_cloud, vocab = 24, 64
+    small = dict(n_experts=4, top_k=2, rank=4, meta_dim=16, num_query_heads=2, router_hidden=8)
+
+    def tiny_edge():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=64)).eval()
+
+    def tiny_task(n):
+        # responses use 4 token ids only, so a few steps already lower the loss
+        g = torch.Generator().manual_seed(0)
+        cache = loragen.CloudStateCache()
+        exs = []
+        for i in range(n):
+            prompt = torch.randint(10, vocab, (6,), generator=g).tolist()
+            resp = torch.randint(1, 5, (6,), generator=g).tolist()
+            exs.append(loragen.LoRAGenExample(f"t{i}", tuple(prompt + resp),
+                                              (-100,) * 6 + tuple(resp), f"persona {i % 2}"))
+        for j in range(2):
+            cache.add(f"persona {j}", torch.randn(4, d_cloud, generator=g))
+        return loragen.LoRAGenDataset(exs), loragen.LoRAGenCollator(cache)
+
+    records = []
+    for seed in (0,):
+        for strategy, lr in (("random", 1e-2), ("fast", 3e-2)):
+            torch.manual_seed(seed)
+            gen = loragen.LoRAGenerator(tiny_edge(), d_cloud, loragen.LoRAGenConfig(**small))
+            ds, collate = tiny_task(8)
+            log = tmp_path / "runs" / strategy / f"seed{seed}.jsonl"
+            res = loragen.train_generator(
+                gen, ds, sampler=RandomSampler(ds, generator=torch.Generator().manual_seed(seed)),
+                collate_fn=collate, val_dataset=ds, test_dataset=ds, steps=4, batch_size=4,
+                lr=lr, eval_every=2, log_path=log, seed=seed)
+            rec = _results.run_record_from_log(log, strategy, seed, results_dir=tmp_path)
+            assert rec["val_steps"] == [p["step"] for p in res.val_curve]
+            assert rec["val_losses"] == pytest.approx([p["loss"] for p in res.val_curve])
+            assert rec["test_loss"] == pytest.approx(res.test_loss)
+            assert rec["final_val_loss"] == pytest.approx(res.final_val_loss)
+            assert np.asarray(rec["update_norms"]).shape == (4, 4)
+            records.append(rec)
+    doc = _results.build_results(records, provenance=PROV, preset="tiny")
+    # the baseline reaches its own final loss; one seed is too few to rank, and the file says so
+    assert doc["runs"]["random"]["0"]["steps_to_target"] is not None
+    assert "needs >= 2 seeds" in doc["h3"]["note"]
+    _results.write_results(tmp_path, doc)
+    text = report.build_report(tmp_path, plots=False).read_text()
+    assert "`fast`" in text
