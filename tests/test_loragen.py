@@ -548,3 +548,39 @@ def test_encode_cloud_and_cache(tmp_path):
         other.batch(["unknown text"])
     with pytest.raises(ValueError, match="max_length"):
         encode_cloud(cloud, tok, texts, max_length=3)
+
+
+def test_real_curriculum_sampler_pacing_and_layer_mask(tmp_path):
+    """LayerWiseProgressiveSampler + PacingCallback + LayerMaskScheduler(generator, sampler)."""
+    from torch_curriculum.callbacks import LayerMaskScheduler, PacingCallback
+    from torch_curriculum.samplers import LayerWiseProgressiveSampler
+
+    torch.manual_seed(0)
+    gen = LoRAGenerator(tiny_edge(0), D_CLOUD, LoRAGenConfig(**SMALL))
+    ds, collate = tiny_task(24)
+    diffs = torch.rand(24, gen.num_layers, generator=torch.Generator().manual_seed(5))
+    sampler = LayerWiseProgressiveSampler(diffs, warmup_epochs=0, curriculum_end_epoch=3, seed=1)
+    pacing = PacingCallback(sampler)
+    sched = LayerMaskScheduler(gen, sampler)
+    res = train_generator(gen, ds, sampler=sampler, collate_fn=collate, val_dataset=ds, steps=16,
+                          batch_size=4, lr=1e-2, eval_every=8, pacing_callback=pacing,
+                          layer_mask_scheduler=sched, log_path=tmp_path / "log.jsonl")
+    assert pacing.num_updates == 16
+    seen_stages = set()
+    for r in res.train_records:
+        st = r["sampler_state"]
+        seen_stages.add(st["stage"])
+        active = st["trainable_layers"]
+        expect = list(range(gen.num_layers)) if active is None else active
+        assert r["trainable_layers"] == expect
+        for i in range(gen.num_layers):
+            assert (r["layer_grad_norm"][i] > 0) == (i in expect), (r["step"], i)
+    assert len(seen_stages) >= 2                       # the curriculum advanced during the run
+    # every index drawn in stage 1 lies in the easiest third by the score over layers 0-1
+    from torch_curriculum.difficulty import percentiles
+
+    pct = percentiles(diffs[:, :2].mean(dim=1))
+    stage1 = [i for r in res.train_records if r["sampler_state"]["stage"] == 1 for i in r["indices"]]
+    assert stage1 and all(pct[i] <= 0.33 + 1e-9 for i in stage1)
+    assert sorted(i for r in res.train_records for i in r["indices"]) == sorted(
+        i for i, v in res.per_sample_losses.items() for _ in v)

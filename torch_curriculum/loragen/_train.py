@@ -126,7 +126,7 @@ def train_generator(generator: LoRAGenerator, train_dataset: Dataset, *, sampler
     bit-identical.
 
     Logged per step (JSONL records ``{"type": "train", ...}``): step, epoch, loss, lm_loss,
-    balance_loss, samples_seen, tokens, wall_time, lr, sampler_state, trainable_layers,
+    balance_loss, samples_seen, tokens, indices (the dataset indices of the batch), wall_time, lr, sampler_state, trainable_layers,
     layer_update_norm [L], layer_grad_norm [L] (before clipping), shared_grad_norm. Validation
     (``{"type": "val"}``) at step 0, every ``eval_every`` steps and at the end; ``{"type": "test"}``
     at the end.
@@ -252,6 +252,7 @@ def train_generator(generator: LoRAGenerator, train_dataset: Dataset, *, sampler
             record = {"type": "train", "step": step, "epoch": epoch, "loss": float(out.loss.detach()),
                       "lm_loss": lm, "balance_loss": float(out.balance_loss.detach()),
                       "samples_seen": result.samples_seen, "tokens": out.n_tokens,
+                      "indices": indices,
                       "wall_time": time.perf_counter() - t0,
                       "lr": optimizer.param_groups[0]["lr"],
                       "sampler_state": _jsonable(getattr(sampler, "state", None)),
