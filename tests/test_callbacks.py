@@ -562,3 +562,22 @@ def test_layer_specific_walk_in_the_trainer_trains_one_lora_layer_per_step(tmp_p
     logged = [h["curriculum/current_layer"] for h in trainer.state.log_history
               if "curriculum/current_layer" in h]
     assert logged == [1, 2, 3]  # the state after each of the first updates (phase 2 has no layer)
+
+
+def test_default_pattern_on_the_reference_loragen_generator():
+    """The generator's per-layer parameters (``layers.<i>.``) are found; its shared ones are outside."""
+    from torch_curriculum.loragen import LoRAGenerator
+
+    gen = LoRAGenerator(tiny_llama(), cloud_hidden_size=16)
+    sampler = LayerWiseProgressiveSampler(difficulty_table(), curriculum_end_epoch=3, warmup_epochs=0)
+    sched = LayerMaskScheduler(gen, sampler, outside_policy="trainable")
+    assert sched.layers == list(range(N_LAYERS))
+    for i in range(N_LAYERS):  # the generator's own notion of a layer's parameters
+        assert [n for n, _ in sched.layer_params[i]] == [n for n, _ in gen.layer_parameters(i)]
+    assert {n for n, _ in sched.outside_params} == {n for n, p in gen.named_parameters()
+                                                    if not n.startswith("layers.")}
+    for epoch, expected in ((0, [0, 1]), (1, [0, 1, 2]), (2, [0, 1, 2, 3]), (3, [0, 1, 2, 3])):
+        sampler.set_epoch(epoch)
+        sched.apply()
+        assert gen.trainable_layers() == expected
+        assert gen.cloud_kv.weight.requires_grad

@@ -51,7 +51,8 @@ logger = logging.getLogger(__name__)
 #: (``model.layers.N.``, ``gpt_neox.layers.N.``, ``decoder.layers.N.``), GPT-2 (``transformer.h.N.``),
 #: BERT (``encoder.layer.N.``), T5 (``block.N.``), PEFT LoRA
 #: (``base_model.model.model.layers.N.mlp.gate_proj.lora_A.default.weight``) and the reference
-#: LoRA-Gen generator (``generator.layers.N.``). The first (outermost) match in a name wins.
+#: LoRA-Gen generator (``layers.N.router.f1.weight`` at its root, ``generator.layers.N.`` when it is
+#: a submodule). The first (outermost) match in a name wins.
 DEFAULT_LAYER_PATTERN = r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\."
 
 #: What happens to managed parameters that are in no layer (embeddings, final norm, meta-token
@@ -582,8 +583,9 @@ class LayerMaskScheduler(TrainerCallback):
     layer N when ``layer_pattern`` finds N in its name (first match); the default
     :data:`DEFAULT_LAYER_PATTERN` reads ``...layers.<N>.`` (also ``h.<N>.``, ``layer.<N>.``,
     ``block(s).<N>.``), which covers PEFT LoRA names, common decoders and the reference LoRA-Gen
-    generator (``generator.layers.<N>.``). Managed parameters in no layer follow
-    ``outside_policy`` (:data:`OUTSIDE_POLICIES`).
+    generator (``layers.<N>.`` / ``generator.layers.<N>.``). A model of your own should name its
+    per-layer parameters ``...layers.<N>.`` or pass ``layer_pattern``. Managed parameters in no
+    layer follow ``outside_policy`` (:data:`OUTSIDE_POLICIES`).
 
     Where the layers come from: ``source.trainable_layers`` (sampler contract: a list of layer
     indices, or None for all layers), or ``source(step)`` for any callable ``step -> list[int] |
