@@ -16,7 +16,7 @@ documented in full in ``benchmarks/RESULTS_SCHEMA.md``; in short (``schema_versi
       "runs": {"<strategy>": {"<seed>": {"seed", "reached", "target_loss", "steps_to_target",
                "wall_time_to_target", "samples_to_target", "final_val_loss", "test_loss",
                "steps", "samples_seen", "wall_time", "log", "layer_stabilisation_step"}}},
-      "h1": {"primary_target", "targets", "best", "ranking", "n_boot", "confidence",
+      "h1": {"primary_target", "targets", "best", "ranking", "comparison", "n_boot", "confidence",
              "signals": {"<signal>": {"spearman", "spearman_p", "kendall", "kendall_p",
                          "ci95": {"spearman": [lo, hi], "kendall": [lo, hi]}, "n", "n_dropped",
                          "kind", "description", "by_target": {"<target>": {...}}}}},
@@ -24,7 +24,8 @@ documented in full in ``benchmarks/RESULTS_SCHEMA.md``; in short (``schema_versi
              "strategies": {"<strategy>": {"pct_fewer_steps_vs_random", "ci95", "p_value", ...}}},
       "h3": {"primary_metric", "alpha", "rankings": {"<metric>": {"lower_is_better", "ranking",
              "verdict"}}},
-      "per_layer": {"<strategy>": {"stabilisation_step_mean": [...], "n_seeds": 3}},
+      "per_layer": {"rule", "rel_tol", "strategies": {"<strategy>": {"stabilisation_step_mean",
+                    "final_update_norm_mean", "grad_norm_mean", "n_seeds", "n_never_stable"}}},
       "arrays": {"layer_diffs": "arrays/layer_diffs.npy", "layer_diffs_raw": ...,
                  "h1_samples": "arrays/h1_samples.npz"}
     }
@@ -44,6 +45,7 @@ import json
 import math
 import os
 import platform
+import warnings as _warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,7 +105,10 @@ def read_run_log(path: str | os.PathLike) -> dict[str, Any]:
         (list); ``val`` and ``train``: dicts of equal-length numpy arrays (``step``, ``loss``,
         ``samples_seen``, ``wall_time``; train also ``lm_loss``, ``epoch``);
         ``layer_update_norm`` / ``layer_grad_norm``: ``{"step": [T], "norms": [T, L]}`` over the
-        train records that carry them (None if none do).
+        train records that carry them (None if none do); ``per_sample``: ``{"indices",
+        "losses"}`` flattened over the train records that carry both ``indices`` and
+        ``per_sample_loss`` (None if none do; feed it to
+        :func:`torch_curriculum.metrics.per_sample_mean_loss`).
 
     Raises:
         ResultsError: missing file, a line that is not a JSON object, a record without ``type``,
@@ -120,6 +125,8 @@ def read_run_log(path: str | os.PathLike) -> dict[str, Any]:
     out: dict[str, Any] = {"run": {}, "end": None, "test_loss": None, "other": []}
     train: list[dict[str, Any]] = []
     val: list[dict[str, Any]] = []
+    sample_idx: list[int] = []
+    sample_loss: list[float] = []
     per_layer: dict[str, tuple[list[float], list[list[float]], list[int]]] = {
         "layer_update_norm": ([], [], []), "layer_grad_norm": ([], [], [])}
     with open(path, encoding="utf-8") as fh:
@@ -149,6 +156,12 @@ def read_run_log(path: str | os.PathLike) -> dict[str, Any]:
                 row["lm_loss"] = _num(rec, "lm_loss", where) if "lm_loss" in rec else row["loss"]
                 row["epoch"] = _num(rec, "epoch", where) if "epoch" in rec else math.nan
                 train.append(row)
+                if rec.get("indices") is not None and rec.get("per_sample_loss") is not None:
+                    if len(rec["indices"]) != len(rec["per_sample_loss"]):
+                        raise ResultsError(f"{where}: 'indices' and 'per_sample_loss' differ in "
+                                           "length")
+                    sample_idx.extend(int(i) for i in rec["indices"])
+                    sample_loss.extend(float(v) for v in rec["per_sample_loss"])
                 for key, (steps, norms, lines) in per_layer.items():
                     if rec.get(key) is not None:
                         vec = rec[key]
@@ -170,6 +183,9 @@ def read_run_log(path: str | os.PathLike) -> dict[str, Any]:
     for key, (steps, norms, _) in per_layer.items():
         out[key] = ({"step": np.array(steps, dtype=np.float64),
                      "norms": np.array(norms, dtype=np.float64)} if steps else None)
+    out["per_sample"] = ({"indices": np.array(sample_idx, dtype=np.int64),
+                          "losses": np.array(sample_loss, dtype=np.float64)}
+                         if sample_idx else None)
     return out
 
 
@@ -199,7 +215,8 @@ def run_record_from_log(path: str | os.PathLike, strategy: str, seed: int, *,
     Returns:
         dict: ``strategy``, ``seed``, ``val_steps``, ``val_losses``, ``val_samples``,
         ``val_wall_times``, ``final_val_loss``, ``test_loss``, ``log``, ``update_norm_steps``,
-        ``update_norms`` ([T, L] list or None).
+        ``update_norms`` ([T, L] list or None), ``grad_norm_mean`` ([L] mean over the logged
+        steps of each layer's gradient norm, or None).
 
     Raises:
         ResultsError: see :func:`read_run_log`; also a log without validation records.
@@ -211,6 +228,7 @@ def run_record_from_log(path: str | os.PathLike, strategy: str, seed: int, *,
     if results_dir is not None:
         rel = Path(os.path.relpath(Path(path).resolve(), Path(results_dir).resolve()))
     upd = log["layer_update_norm"]
+    grad = log["layer_grad_norm"]
     end = log["end"] or {}
     final = end.get("final_val_loss")
     return {
@@ -222,6 +240,7 @@ def run_record_from_log(path: str | os.PathLike, strategy: str, seed: int, *,
         "test_loss": log["test_loss"], "log": rel.as_posix(),
         "update_norm_steps": upd["step"].tolist() if upd else None,
         "update_norms": upd["norms"].tolist() if upd else None,
+        "grad_norm_mean": grad["norms"].mean(axis=0).tolist() if grad else None,
     }
 
 
@@ -314,8 +333,12 @@ def _summarise_run(rec: Mapping[str, Any], target: float, interpolate: bool,
     if rec.get("update_norms") is not None:
         out["layer_stabilisation_step"] = metrics.layer_stabilisation_step(
             rec["update_norm_steps"], rec["update_norms"], rel_tol=rel_tol).tolist()
+        out["final_layer_update_norm"] = [float(v) for v in rec["update_norms"][-1]]
     else:
         out["layer_stabilisation_step"] = None
+        out["final_layer_update_norm"] = None
+    out["mean_layer_grad_norm"] = (None if rec.get("grad_norm_mean") is None
+                                   else [float(v) for v in rec["grad_norm_mean"]])
     return out
 
 
@@ -359,11 +382,27 @@ def _h1(signals: Mapping[str, Any], targets: Mapping[str, Any], primary: str | N
                                               else "control"),
                              "description": info.get("description", ""), "by_target": by_target}
     ranking = sorted(out_signals, key=lambda s: (-abs(out_signals[s]["spearman"]), s))
+    comparison = {}
+    for tname, y in tgt.items():
+        order = sorted(out_signals, key=lambda s, t=tname: (
+            -abs(out_signals[s]["by_target"][t]["spearman"]), s))
+        meta = [s for s in order if out_signals[s]["kind"] == "meta_token"]
+        ctrl = [s for s in order if out_signals[s]["kind"] != "meta_token"]
+        if not meta or not ctrl:
+            continue
+        a = np.asarray(signals[meta[0]], dtype=np.float64).ravel()
+        b = np.asarray(signals[ctrl[0]], dtype=np.float64).ravel()
+        keep = np.isfinite(a) & np.isfinite(b) & np.isfinite(y)
+        comparison[tname] = {"meta_token": meta[0], "control": ctrl[0],
+                             **metrics.compare_correlations(a[keep], b[keep], y[keep],
+                                                            n_boot=n_boot,
+                                                            confidence=confidence, seed=seed)}
     best_by_target = {t: max(out_signals, key=lambda s, t=t: abs(
         out_signals[s]["by_target"][t]["spearman"])) for t in tgt}
     return {"primary_target": primary, "targets": {t: "" for t in tgt},
             "signals": out_signals, "ranking": ranking, "best": ranking[0] if ranking else None,
-            "best_by_target": best_by_target, "n_boot": int(n_boot), "confidence": confidence,
+            "best_by_target": best_by_target, "comparison": comparison,
+            "n_boot": int(n_boot), "confidence": confidence,
             "method": "Spearman rho and Kendall tau-b; percentile bootstrap over samples (pairs "
                       "resampled together)"}
 
@@ -528,7 +567,7 @@ def build_results(run_records: Sequence[Mapping[str, Any]], *,
     else:
         results["h2"] = None
     results["h3"] = _h3(runs, confidence, alpha, seed)
-    results["per_layer"] = _per_layer(runs)
+    results["per_layer"] = _per_layer(runs, stabilisation_rel_tol)
     results["arrays"] = dict(arrays or {})
     return jsonable(results)
 
@@ -564,19 +603,33 @@ def _h3(runs: dict[str, dict[int, dict]], confidence: float, alpha: float,
             "rankings": rankings, "note": note}
 
 
-def _per_layer(runs: dict[str, dict[int, dict]]) -> dict[str, Any]:
+def _per_layer(runs: dict[str, dict[int, dict]], rel_tol: float) -> dict[str, Any]:
     out = {}
     for s, by_seed in runs.items():
         stab = [r["layer_stabilisation_step"] for r in by_seed.values()
                 if r["layer_stabilisation_step"] is not None]
-        if not stab or len({len(v) for v in stab}) != 1:
+        if not stab:
             continue
-        arr = np.array(stab, dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            mean = np.nanmean(arr, axis=0) if np.isfinite(arr).any() else arr[0]
-        out[s] = {"stabilisation_step_mean": mean.tolist(), "n_seeds": len(stab),
-                  "n_never_stable": int(np.sum(~np.isfinite(arr)))}
-    return out
+        if len({len(v) for v in stab}) != 1:
+            raise ResultsError(f"per_layer: the runs of {s!r} logged different numbers of layers")
+        arr = np.array([[math.nan if v is None else v for v in row] for row in stab],
+                       dtype=np.float64)
+        # A layer that never stabilised in some seed is left out of that layer's mean (counted
+        # in n_never_stable); a layer that never stabilised in any seed stays NaN (null).
+        with np.errstate(invalid="ignore"), _warnings.catch_warnings():
+            _warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(arr, axis=0)
+        row: dict[str, Any] = {"stabilisation_step_mean": mean.tolist(), "n_seeds": len(stab),
+                               "n_never_stable": int(np.sum(~np.isfinite(arr)))}
+        for key, src in (("final_update_norm_mean", "final_layer_update_norm"),
+                         ("grad_norm_mean", "mean_layer_grad_norm")):
+            vals = [r[src] for r in by_seed.values() if r.get(src) is not None]
+            row[key] = np.mean(np.array(vals), axis=0).tolist() if vals else None
+        out[s] = row
+    return {"rule": "first logged step after which the layer's LoRA update norm stays within "
+                    "+-rel_tol of its final value (torch_curriculum.metrics."
+                    "layer_stabilisation_step); mean over seeds",
+            "rel_tol": rel_tol, "strategies": out}
 
 
 def _versions() -> dict[str, str]:

@@ -83,10 +83,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return out
 
 
-def _ci_overlap(a: Sequence[float], b: Sequence[float]) -> bool:
-    return not (a[1] < b[0] or b[1] < a[0])
-
-
 # ---------------------------------------------------------------------------------------------
 # Markdown
 # ---------------------------------------------------------------------------------------------
@@ -123,16 +119,20 @@ def _h1_section(h1: Mapping[str, Any] | None) -> list[str]:
         rb = sigs[best]["by_target"][t]
         lines += ["", f"**Best predictor of `{t}`: `{best}`** (ρ = {_f(rb['spearman'])}, "
                       f"{conf}% CI {_ci(rb['ci95']['spearman'])})."]
-        meta = [s for s in order if sigs[s].get("kind") == "meta_token"]
-        ctrl = [s for s in order if sigs[s].get("kind") != "meta_token"]
-        if meta and ctrl:
-            m, c = sigs[meta[0]]["by_target"][t], sigs[ctrl[0]]["by_target"][t]
-            overlap = _ci_overlap(m["ci95"]["spearman"], c["ci95"]["spearman"])
-            verdict = ("their CIs overlap, so this data cannot tell them apart" if overlap else
-                       ("the meta-token signal is clearly ahead" if abs(m["spearman"]) >
-                        abs(c["spearman"]) else "the cheap signal is clearly ahead"))
-            lines += [f"Best meta-token signal `{meta[0]}` (ρ = {_f(m['spearman'])}) vs best cheap "
-                      f"signal `{ctrl[0]}` (ρ = {_f(c['spearman'])}): {verdict}."]
+        cmp = (h1.get("comparison") or {}).get(t)
+        if cmp:
+            m = sigs[cmp["meta_token"]]["by_target"][t]
+            c = sigs[cmp["control"]]["by_target"][t]
+            if cmp["a_better"]:
+                verdict = "the meta-token signal predicts significantly better"
+            elif cmp["b_better"]:
+                verdict = "the cheap signal predicts significantly better"
+            else:
+                verdict = "the difference is not significant: this data cannot tell them apart"
+            lines += [f"Best meta-token signal `{cmp['meta_token']}` (ρ = {_f(m['spearman'])}) vs "
+                      f"best cheap signal `{cmp['control']}` (ρ = {_f(c['spearman'])}): "
+                      f"|ρ| difference {_f(cmp['diff_abs_spearman'])}, {conf}% paired-bootstrap "
+                      f"CI {_ci(cmp['ci95'])} — {verdict}."]
         lines.append("")
     return lines
 
@@ -215,24 +215,39 @@ def _runs_section(doc: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _per_layer_section(per_layer: Mapping[str, Any] | None) -> list[str]:
-    lines = ["## Per-layer analysis", ""]
-    if not per_layer:
-        return [*lines, "No per-layer LoRA update norms were logged.", ""]
-    strategies = list(per_layer)
-    n_layers = max(len(v["stabilisation_step_mean"]) for v in per_layer.values())
-    lines += ["Step at which each layer's LoRA update norm stabilises (first logged step after "
-              "which it stays within ±5% of its final value; mean over seeds). Earlier = that "
-              "layer converged sooner.", ""]
+def _layer_table(per: Mapping[str, Any], key: str, nd: int) -> list[str]:
+    strategies = [s for s in per if per[s].get(key) is not None]
+    if not strategies:
+        return ["(not logged)", ""]
+    n_layers = max(len(per[s][key]) for s in strategies)
     rows = []
     for layer in range(n_layers):
         row: list[Any] = [layer]
         for s in strategies:
-            vals = per_layer[s]["stabilisation_step_mean"]
-            row.append(_f(vals[layer], 0) if layer < len(vals) else "—")
+            vals = per[s][key]
+            row.append(_f(vals[layer], nd) if layer < len(vals) else "—")
         rows.append(row)
-    lines += _table(["layer", *[f"`{s}`" for s in strategies]], rows)
-    return [*lines, ""]
+    return [*_table(["layer", *[f"`{s}`" for s in strategies]], rows), ""]
+
+
+def _per_layer_section(per_layer: Mapping[str, Any] | None) -> list[str]:
+    lines = ["## Per-layer analysis", ""]
+    per = (per_layer or {}).get("strategies") or {}
+    if not per:
+        return [*lines, "No per-layer LoRA update norms were logged.", ""]
+    tol = per_layer.get("rel_tol", 0.05)
+    never = {s: v["n_never_stable"] for s, v in per.items() if v.get("n_never_stable")}
+    lines += ["### Convergence step per layer", "",
+              f"Step at which each layer's LoRA update norm stabilises: the first logged step "
+              f"after which it stays within ±{100 * tol:g}% of its final value, mean over seeds. "
+              "Earlier = that layer converged sooner."
+              + (f" Never stable (left out of the mean): {never}." if never else ""), ""]
+    lines += _layer_table(per, "stabilisation_step_mean", 0)
+    lines += ["### Final LoRA update norm per layer (mean over seeds)", ""]
+    lines += _layer_table(per, "final_update_norm_mean", 4)
+    lines += ["### Mean gradient norm per layer over training (mean over seeds)", ""]
+    lines += _layer_table(per, "grad_norm_mean", 4)
+    return lines
 
 
 def render_markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
@@ -428,6 +443,7 @@ def _heatmap_update_norms(plt: Any, logs: Mapping[str, list[dict]], path: Path) 
         im = ax.imshow(norms.T, aspect="auto", origin="lower", interpolation="nearest",
                        extent=(steps[0], steps[-1], -0.5, norms.shape[1] - 0.5), cmap="magma")
         ax.set(title=f"{s}: LoRA update norm", xlabel="step", ylabel="layer")
+        ax.yaxis.get_major_locator().set_params(integer=True)
         fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

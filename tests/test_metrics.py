@@ -11,6 +11,7 @@ from scipy import stats
 
 from torch_curriculum.metrics import (
     bootstrap_ci,
+    compare_correlations,
     holm,
     layer_stabilisation_step,
     paired_test,
@@ -290,6 +291,31 @@ def test_spearman_rows_vectorised_matches_scipy_per_row():
     got = spearman_rows(x, y)
     for i in range(5):
         assert got[i] == pytest.approx(stats.spearmanr(x[i], y[i]).statistic)
+
+
+def test_compare_correlations_matches_scipy_paired_bootstrap():
+    rng = np.random.default_rng(12)
+    y = rng.normal(size=150)
+    a = y + rng.normal(scale=0.7, size=150)
+    b = y + rng.normal(scale=1.5, size=150)
+    out = compare_correlations(a, b, y, n_boot=4000, seed=3)
+    assert out["diff_abs_spearman"] == pytest.approx(
+        abs(stats.spearmanr(a, y).statistic) - abs(stats.spearmanr(b, y).statistic))
+
+    def diff(xa, xb, yy, axis=-1):
+        xa, xb, yy = (np.moveaxis(v, axis, -1) for v in (xa, xb, yy))
+        return np.abs(spearman_rows(xa, yy)) - np.abs(spearman_rows(xb, yy))
+
+    ref = stats.bootstrap((a, b, y), diff, paired=True, vectorized=True, n_resamples=4000,
+                          method="percentile", rng=np.random.default_rng(4)).confidence_interval
+    assert out["ci95"][0] == pytest.approx(ref.low, abs=0.015)
+    assert out["ci95"][1] == pytest.approx(ref.high, abs=0.015)
+    assert out["a_better"] and not out["b_better"]
+    # the same signal twice: the difference is exactly 0 in every resample
+    same = compare_correlations(a, a, y, n_boot=100)
+    assert same["ci95"] == [0.0, 0.0] and not same["a_better"] and not same["b_better"]
+    with pytest.raises(ValueError, match="equal length"):
+        compare_correlations(a, b[:-1], y)
 
 
 def test_rank_correlation_errors():
