@@ -26,32 +26,53 @@ def _table() -> torch.Tensor:
     return torch.rand(N_SAMPLES, N_LAYERS, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
 
 
-def _pacing_worker(rank: int, init_file: str, out_dir: str) -> None:
+def _pacing_part(rank: int, out_dir: str) -> None:
     from torch_curriculum.callbacks import PacingCallback
     from torch_curriculum.samplers import DynamicPacingSampler
 
+    sampler = DynamicPacingSampler(_table(), warmup_epochs=0, seed=4)  # rank/replicas from dist
+    pacing = PacingCallback(sampler, smoothing=0.5)
+    record = {"num_replicas": sampler.num_replicas, "rank": sampler.rank, "fed": [],
+              "percentile": [], "indices": []}
+    it = iter(sampler)
+    for loss in LOSSES[rank]:
+        record["indices"].append(next(it))
+        # a 0-d tensor, as a training loop has it
+        record["fed"].append(pacing(torch.tensor(loss)))
+        record["percentile"].append(sampler.state["percentile"])
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(record, f)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    """One process group for both checks (process start-up and imports dominate the run time)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)  # two processes on a 2-core box
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=WORLD)
     try:
-        sampler = DynamicPacingSampler(_table(), warmup_epochs=0, seed=4)  # rank/replicas from dist
-        pacing = PacingCallback(sampler, smoothing=0.5)
-        record = {"num_replicas": sampler.num_replicas, "rank": sampler.rank, "fed": [],
-                  "percentile": [], "indices": []}
-        it = iter(sampler)
-        for loss in LOSSES[rank]:
-            record["indices"].append(next(it))
-            # a 0-d tensor, as a training loop has it
-            record["fed"].append(pacing(torch.tensor(loss)))
-            record["percentile"].append(sampler.state["percentile"])
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump(record, f)
+        _pacing_part(rank, out_dir)
+        _trainer_part(rank, out_dir)  # accelerate reuses the initialised process group
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
-def test_loss_is_averaged_over_ranks_so_every_rank_paces_the_same(tmp_path):
-    mp.spawn(_pacing_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    recs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return out
+
+
+def test_loss_is_averaged_over_ranks_so_every_rank_paces_the_same(ddp_run):
+    recs = [json.loads((ddp_run / f"rank{r}.json").read_text()) for r in range(WORLD)]
     assert [(r["num_replicas"], r["rank"]) for r in recs] == [(2, 0), (2, 1)]
     # identical decisions on both ranks although each saw different losses
     assert recs[0]["fed"] == recs[1]["fed"]
@@ -85,19 +106,13 @@ def test_loss_is_averaged_over_ranks_so_every_rank_paces_the_same(tmp_path):
     assert max(in_force) > in_force[0]  # the pool did move
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _trainer_part(rank: int, out_dir: str) -> None:
+    import hashlib
 
-
-def _trainer_worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
-    torch.set_num_threads(1)  # two processes on a 2-core box
+    import peft
     from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
 
-    from torch_curriculum.callbacks import CurriculumTrainer
+    from torch_curriculum.callbacks import CurriculumTrainer, LayerMaskScheduler
     from torch_curriculum.samplers import LayerWiseProgressiveSampler
 
     class Tokens(torch.utils.data.Dataset):
@@ -112,42 +127,63 @@ def _trainer_worker(rank: int, port: int, out_dir: str) -> None:
             self.fetched.append(int(i))
             return {"input_ids": self.ids[i], "labels": self.ids[i].clone()}
 
+    def lora_digest(model) -> dict[int, str]:
+        out: dict[int, hashlib._Hash] = {}
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                layer = int(name.split("layers.")[1].split(".")[0])
+                out.setdefault(layer, hashlib.sha256()).update(p.detach().numpy().tobytes())
+        return {k: h.hexdigest() for k, h in sorted(out.items())}
+
     class Epochs(TrainerCallback):
-        def __init__(self, ds):
-            self.ds, self.starts = ds, []
+        def __init__(self, ds, model):
+            self.ds, self.model, self.starts, self.digests = ds, model, [], []
 
         def on_epoch_begin(self, args, state, control, **kwargs):
             self.starts.append(len(self.ds.fetched))
+            self.digests.append(lora_digest(self.model))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.digests.append(lora_digest(self.model))
 
     args = TrainingArguments(output_dir=os.path.join(out_dir, "out"), per_device_train_batch_size=2,
                              num_train_epochs=3, logging_steps=1, report_to=[], use_cpu=True,
                              ddp_backend="gloo", save_strategy="no", disable_tqdm=True,
                              dataloader_num_workers=0, seed=0)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
-                                         max_position_embeddings=64, pad_token_id=0))
+    base = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                                        max_position_embeddings=64, pad_token_id=0))
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                      target_modules=["gate_proj", "up_proj", "down_proj"]))
     ds = Tokens()
     kw = dict(curriculum_start_epoch=0, curriculum_end_epoch=3, warmup_epochs=0, seed=9)
     sampler = LayerWiseProgressiveSampler(_table(), **kw)  # after init: reads rank/world from dist
-    epochs = Epochs(ds)
+    epochs = Epochs(ds, model)
     trainer = CurriculumTrainer(model=model, args=args, train_dataset=ds, curriculum_sampler=sampler,
-                                pacing=True, callbacks=[epochs])
+                                pacing=True, callbacks=[epochs, LayerMaskScheduler(model, sampler)])
     trainer.train()
     logs = [{k: v for k, v in h.items() if k.startswith("curriculum/")}
             for h in trainer.state.log_history if "loss" in h]
     with open(os.path.join(out_dir, f"trainer{rank}.json"), "w") as f:
         json.dump({"fetched": ds.fetched, "starts": epochs.starts, "logs": logs,
                    "world": dist.get_world_size(), "replicas": sampler.num_replicas,
-                   "global_step": trainer.state.global_step}, f)
+                   "global_step": trainer.state.global_step, "digests": epochs.digests}, f)
 
 
-def test_curriculum_trainer_under_ddp_keeps_the_samplers_rank_slices(tmp_path):
-    mp.spawn(_trainer_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    recs = [json.loads((tmp_path / f"trainer{r}.json").read_text()) for r in range(WORLD)]
+def test_curriculum_trainer_under_ddp_keeps_the_samplers_rank_slices(ddp_run):
+    """PEFT LoRA model in DDP: each rank trains on its own slice; LayerMaskScheduler freezes the
+    same layers on both ranks, frozen LoRA layers do not move and the replicas stay identical."""
+    recs = [json.loads((ddp_run / f"trainer{r}.json").read_text()) for r in range(WORLD)]
     assert all(r["world"] == 2 and r["replicas"] == 2 for r in recs)
     assert recs[0]["logs"] == recs[1]["logs"]  # same pacing state on both ranks
     assert recs[0]["global_step"] == recs[1]["global_step"]
+    assert recs[0]["digests"] == recs[1]["digests"]  # DDP kept the replicas bit-identical
+    digests = recs[0]["digests"]
+    assert len(digests) == 4
+    for epoch in range(3):  # stage e+1 trains LoRA layers [0, ceil((e+1)*4/3))
+        moved = {int(k) for k in digests[epoch] if digests[epoch][k] != digests[epoch + 1][k]}
+        assert moved == set(range(-(-(epoch + 1) * N_LAYERS // 3))), epoch
 
     from torch_curriculum.samplers import LayerWiseProgressiveSampler
 
