@@ -584,3 +584,62 @@ def test_real_curriculum_sampler_pacing_and_layer_mask(tmp_path):
     assert stage1 and all(pct[i] <= 0.33 + 1e-9 for i in stage1)
     assert sorted(i for r in res.train_records for i in r["indices"]) == sorted(
         i for i, v in res.per_sample_losses.items() for _ in v)
+
+
+# ---------------------------------------------------------------- integration: bundled real models
+
+@pytest.fixture(scope="module")
+def bundled_models():
+    from torch_curriculum.bundled import load_bundled
+
+    try:
+        return load_bundled("cloud"), load_bundled("edge")
+    except ImportError as e:  # the model packages are an optional install
+        pytest.skip(f"bundled models not installed: {e}")
+
+
+@pytest.mark.integration
+def test_bundled_models_generator_end_to_end(bundled_models, tmp_path):
+    from torch_curriculum.bundled import load_chitchat
+
+    (cloud, ctok), (edge, etok) = bundled_models
+    samples = [s for s in load_chitchat(max_samples=60) if s.context][::7][:4]
+    exs = build_examples(samples, etok, max_length=96)
+    assert all(any(lab != -100 for lab in e.labels) for e in exs)
+    cache = CloudStateCache(cloud, ctok)
+    assert cache.encode([e.cloud_text for e in exs]) == len({e.cloud_text for e in exs})
+    ds = LoRAGenDataset(exs)
+    pad = etok.pad_token_id if etok.pad_token_id is not None else etok.eos_token_id
+    collate = LoRAGenCollator(cache, pad)
+    batch = collate([ds[i] for i in range(4)])
+    weight_before = edge.model.layers[5].mlp.up_proj.weight.detach().clone()
+    torch.manual_seed(0)
+    gen = LoRAGenerator(edge, cloud.config.hidden_size)            # the paper's defaults
+    try:
+        assert gen.num_layers == 30
+        gen.eval()
+        keys = ("input_ids", "attention_mask", "cloud_states", "cloud_mask", "labels")
+        with torch.no_grad():
+            out = gen(*(batch[k] for k in keys))
+            # B starts at zero: the untrained generator reproduces the edge model's loss
+            ref = edge(batch["input_ids"], attention_mask=batch["attention_mask"],
+                       labels=batch["labels"]).loss
+        assert float(out.lm_loss) == pytest.approx(float(ref), rel=1e-4)
+        with torch.no_grad():
+            for layer in gen.layers:
+                for bank in layer.experts.values():
+                    bank.B.normal_(0, 0.02)
+            out = gen(*(batch[k] for k in keys), return_logits=True)
+            merged = gen.merge(batch["cloud_states"][2], batch["cloud_mask"][2])
+            n = int(batch["attention_mask"][2].sum())
+            logits = merged(batch["input_ids"][2:3, :n]).logits[0]
+        del merged
+        torch.testing.assert_close(logits, out.logits[2, :n], atol=2e-3, rtol=1e-3)
+        res = train_generator(gen, ds, sampler=RandomSampler(ds), collate_fn=collate,
+                              val_dataset=ds, steps=2, batch_size=2, eval_every=10,
+                              log_path=tmp_path / "log.jsonl")
+        assert all(math.isfinite(x) for x in res.train_losses)
+        assert len(res.train_records[-1]["layer_update_norm"]) == 30
+        assert torch.equal(edge.model.layers[5].mlp.up_proj.weight, weight_before)
+    finally:
+        gen.remove_hooks()
