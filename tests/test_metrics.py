@@ -318,6 +318,18 @@ def test_compare_correlations_matches_scipy_paired_bootstrap():
         compare_correlations(a, b[:-1], y)
 
 
+def test_resampled_ranks_by_counting_equal_rankdata():
+    from torch_curriculum.metrics import _codes, _resampled_ranks, _spearman_boot
+
+    rng = np.random.default_rng(5)
+    x = np.round(rng.normal(size=300), 1)  # many ties
+    y = rng.normal(size=300)
+    idx = rng.integers(0, 300, size=(7, 300))
+    np.testing.assert_allclose(_resampled_ranks(*_codes(x), idx), stats.rankdata(x[idx], axis=-1))
+    np.testing.assert_allclose(_spearman_boot(_codes(x), _codes(y), idx),
+                               spearman_rows(x[idx], y[idx]), atol=1e-12)
+
+
 def test_rank_correlation_errors():
     with pytest.raises(ValueError, match="constant"):
         rank_correlation([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])

@@ -501,14 +501,48 @@ def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         >>> float(spearman_rows(np.array([1., 2., 3.]), np.array([3., 5., 4.])))
         0.5
     """
-    rx = stats.rankdata(x, axis=-1)
-    ry = stats.rankdata(y, axis=-1)
+    return _pearson_rows(stats.rankdata(x, axis=-1), stats.rankdata(y, axis=-1))
+
+
+def _codes(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense rank codes 0..K-1 of x (equal values share a code) and K."""
+    uniq, inv = np.unique(x, return_inverse=True)
+    return inv.ravel(), uniq.size
+
+
+def _resampled_ranks(codes: np.ndarray, k: int, idx: np.ndarray) -> np.ndarray:
+    """Average ranks (as scipy.stats.rankdata) of every resample ``x[idx[b]]``, by counting.
+
+    The rank of a value in a resample is (#drawn values below it) + (#drawn equal to it + 1) / 2;
+    counting the drawn codes per row gives it in O(B (n + K)) without sorting each resample.
+    """
+    b = idx.shape[0]
+    drawn = codes[idx]
+    flat = (np.arange(b)[:, None] * k + drawn).ravel()
+    counts = np.bincount(flat, minlength=b * k).reshape(b, k).astype(np.float64)
+    below = np.cumsum(counts, axis=1) - counts
+    table = below + (counts + 1.0) / 2.0
+    return np.take_along_axis(table, drawn, axis=1)
+
+
+def _pearson_rows(rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
     rx = rx - rx.mean(axis=-1, keepdims=True)
     ry = ry - ry.mean(axis=-1, keepdims=True)
     num = np.sum(rx * ry, axis=-1)
     den = np.sqrt(np.sum(rx * rx, axis=-1) * np.sum(ry * ry, axis=-1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _spearman_boot(cx: tuple[np.ndarray, int], cy: tuple[np.ndarray, int],
+                   idx: np.ndarray) -> np.ndarray:
+    """Spearman rho of every resample idx[b] (rows), in memory-bounded blocks."""
+    n = idx.shape[1]
+    per_block = max(1, _BLOCK // max(n, cx[1], cy[1]))
+    return np.concatenate([
+        _pearson_rows(_resampled_ranks(*cx, idx[s:s + per_block]),
+                      _resampled_ranks(*cy, idx[s:s + per_block]))
+        for s in range(0, idx.shape[0], per_block)]) if idx.shape[0] else np.empty(0)
 
 
 def rank_correlation(x: Any, y: Any, *, n_boot: int = 1000, confidence: float = 0.95,
@@ -560,9 +594,7 @@ def rank_correlation(x: Any, y: Any, *, n_boot: int = 1000, confidence: float = 
     kt = stats.kendalltau(xs, ys)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(int(n_boot), n))
-    per_block = max(1, _BLOCK // n)
-    rho_b = np.concatenate([spearman_rows(xs[idx[s:s + per_block]], ys[idx[s:s + per_block]])
-                            for s in range(0, idx.shape[0], per_block)])
+    rho_b = _spearman_boot(_codes(xs), _codes(ys), idx)
     tau_b = np.array([stats.kendalltau(xs[i], ys[i]).statistic for i in idx], dtype=np.float64)
     alpha = (1 - confidence) / 2
     undefined = int(np.sum(~np.isfinite(rho_b)))
@@ -620,13 +652,9 @@ def compare_correlations(a: Any, b: Any, y: Any, *, n_boot: int = 1000,
     n = ys.size
     point = float(abs(spearman_rows(xa, ys)) - abs(spearman_rows(xb, ys)))
     rng = np.random.default_rng(seed)
-    per_block = max(1, _BLOCK // n)
-    diffs = []
-    for start in range(0, int(n_boot), per_block):
-        idx = rng.integers(0, n, size=(min(int(n_boot), start + per_block) - start, n))
-        diffs.append(np.abs(spearman_rows(xa[idx], ys[idx]))
-                     - np.abs(spearman_rows(xb[idx], ys[idx])))
-    d = np.concatenate(diffs)
+    idx = rng.integers(0, n, size=(int(n_boot), n))
+    cy = _codes(ys)
+    d = np.abs(_spearman_boot(_codes(xa), cy, idx)) - np.abs(_spearman_boot(_codes(xb), cy, idx))
     d = d[np.isfinite(d)]
     alpha = (1 - confidence) / 2
     lo, hi = (np.percentile(d, [100 * alpha, 100 * (1 - alpha)]) if d.size
