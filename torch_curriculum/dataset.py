@@ -40,6 +40,7 @@ milliseconds and no RAM for the data.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -270,8 +271,16 @@ def _model_info(model: Any, tokenizer: Any) -> dict[str, Any]:
         sample = torch.cat([flat[:256], flat[:: max(1, flat.numel() // 256)][:256]]).float().cpu()
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype}\n".encode())
         h.update(sample.numpy().tobytes())
+    name = str(getattr(cfg, "_name_or_path", "") or "")
+    source = None
+    record = Path(name) / "torch_curriculum_source.json" if name else None
+    if record is not None and record.is_file():
+        # a model converted from a GGUF by torch_curriculum.bundled: the GGUF's sha256 is the revision
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            source = json.loads(record.read_text(encoding="utf-8"))
     return {
-        "name_or_path": str(getattr(cfg, "_name_or_path", "") or ""),
+        "name_or_path": name,
+        "source": source,
         "revision": getattr(cfg, "_commit_hash", None),
         "model_type": getattr(cfg, "model_type", type(model).__name__),
         "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
