@@ -134,7 +134,55 @@ def _h1_section(h1: Mapping[str, Any] | None) -> list[str]:
                       f"|ρ| difference {_f(cmp['diff_abs_spearman'])}, {conf}% paired-bootstrap "
                       f"CI {_ci(cmp['ci95'])} — {verdict}."]
         lines.append("")
+    verdict = _h1_verdict(h1)
+    if verdict:
+        lines += [f"H1 on the primary target: {verdict}", ""]
     return lines
+
+
+def _h1_verdict(h1: Mapping[str, Any]) -> str | None:
+    """H1 in one sentence: does the best meta-token signal rank samples by the primary target?"""
+    t = h1["primary_target"]
+    meta = [s for s in h1["ranking"] if h1["signals"][s].get("kind") == "meta_token"]
+    if not meta:
+        return None
+    r = h1["signals"][meta[0]]
+    lo, hi = r["ci95"]["spearman"]
+    if lo is None or hi is None:
+        return None
+    head = (f"best meta-token signal `{meta[0]}`: ρ = {_f(r['spearman'])} "
+            f"{_ci(r['ci95']['spearman'])} with `{t}`")
+    if lo > 0:
+        return f"{head} — supports H1 (a larger difference goes with a harder sample)."
+    if hi < 0:
+        return f"{head} — contradicts H1 (a larger difference goes with an EASIER sample)."
+    return f"{head} — no evidence either way (the CI includes 0)."
+
+
+def _headline(doc: Mapping[str, Any]) -> list[str]:
+    lines = ["## Headline", ""]
+    h1, h2, h3 = doc.get("h1"), doc.get("h2"), doc.get("h3")
+    if h1:
+        verdict = _h1_verdict(h1)
+        best = h1["signals"][h1["best"]]
+        lines.append(f"- **H1**: best predictor of `{h1['primary_target']}` is `{h1['best']}` "
+                     f"(ρ = {_f(best['spearman'])} {_ci(best['ci95']['spearman'])})"
+                     + (f"; {verdict}" if verdict else "."))
+    if h2 and h2.get("strategies"):
+        parts = [f"`{s}` {_f(r['pct_fewer_steps_vs_random'], 1)}% {_ci(r['ci95'], 1)}, "
+                 f"p = {_p(r['p_value'])}" for s, r in sorted(
+                     h2["strategies"].items(),
+                     key=lambda kv: -(kv[1]["pct_fewer_steps_vs_random"] or -math.inf))]
+        lines.append(f"- **H2** (% fewer steps to target than `{h2['baseline']}`, mean "
+                     f"[95% CI]): " + "; ".join(parts) + ".")
+    block = ((h3 or {}).get("rankings") or {}).get((h3 or {}).get("primary_metric", ""))
+    if block:
+        order = ", ".join(f"{r['rank']}. `{r['strategy']}`" for r in block["ranking"])
+        lines.append(f"- **H3** (by {h3['primary_metric'].replace('_', ' ')}, best first): "
+                     f"{order}. {block['verdict']}")
+    elif h3 is not None:
+        lines.append(f"- **H3**: no ranking ({h3.get('note') or 'no data'}).")
+    return [*lines, ""]
 
 
 def _h2_section(h2: Mapping[str, Any] | None) -> list[str]:
@@ -266,6 +314,7 @@ def render_markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
              f"{doc['schema_version']}) and the run logs it references by "
              "`benchmarks/report.py`; regenerate with "
              "`python benchmarks/report.py <this directory>`.", ""]
+    lines += _headline(doc)
     lines += _h1_section(doc.get("h1"))
     lines += _h2_section(doc.get("h2"))
     lines += _h3_section(doc.get("h3"))

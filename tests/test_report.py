@@ -363,6 +363,28 @@ def test_report_with_plots(results_dir):
     assert "sha256:abc" in text
 
 
+def test_headline_states_each_hypothesis(results_dir):
+    root, doc = results_dir
+    text = report.build_report(root, plots=False).read_text()
+    head = text.split("## Headline", 1)[1].split("## H1", 1)[0]
+    assert "supports H1" in head  # meta_l2_top3_mean: rho ~ 0.77, CI above 0
+    assert f"best predictor of `train_loss_mean` is `{doc['h1']['best']}`" in head
+    assert "**H2**" in head and "`layer_wise_progressive` " in head
+    assert "1. `layer_wise_progressive`, 2. `easy_to_hard`, 3. `random`" in head
+
+
+@pytest.mark.parametrize("ci,word", [([-0.5, -0.1], "contradicts H1"),
+                                     ([-0.1, 0.2], "no evidence either way"),
+                                     ([0.1, 0.3], "supports H1")])
+def test_h1_verdict_follows_the_ci(ci, word):
+    h1 = {"primary_target": "t", "ranking": ["len", "meta"],
+          "signals": {"len": {"kind": "control", "spearman": 0.9, "ci95": {"spearman": [0.8, 1]}},
+                      "meta": {"kind": "meta_token", "spearman": float(np.mean(ci)),
+                               "ci95": {"spearman": ci}}}}
+    verdict = report._h1_verdict(h1)
+    assert word in verdict and "`meta`" in verdict
+
+
 def test_report_without_matplotlib_is_markdown_only(results_dir, tmp_path, monkeypatch):
     root, _ = make_results_dir(tmp_path)
     # None in sys.modules makes `import matplotlib` raise ImportError
