@@ -602,3 +602,47 @@ def test_parameter_errors_name_the_parameter():
         DynamicPacingSampler(d, difficulty_step_up=2)
     with pytest.raises(ValueError, match="pacing must be"):
         EasyToHardSampler(d, pacing="hourly")
+
+
+def test_layer_specific_phase1_growth_and_samples_per_epoch():
+    d = table(100, 2)
+    dn = d.numpy()
+    # phase 1: 2 epochs, 2 groups, one epoch each; the pool grows within the group's share
+    s = LayerSpecificSampler(d, pacing="step", steps_per_epoch=10, curriculum_end_epoch=4, warmup_epochs=0,
+                             phase1_epochs=2, phase1_growth=True, phase1_order="shuffled", samples_per_epoch=30, top_k=2)
+    assert len(s) == 30
+    it = iter(s)
+    for step in range(20):
+        layer = step // 10
+        p = pacing_fraction("linear", (step % 10) / 10, start=0.33)
+        assert s.current_layer == layer and s.percentile == pytest.approx(p)
+        assert next(it) in pool_of(dn[:, layer], p)
+        s.update(1.0)
+
+
+def test_dynamic_initial_percentile_and_strict_order():
+    d = table(100, 3)
+    score = np_topk_mean(d.numpy(), 3)
+    s = DynamicPacingSampler(d, initial_percentile=0.5, strict_order=True, seed=0)
+    s.set_epoch(1)
+    assert s.percentile == 0.5
+    it = iter(s)
+    first = [next(it) for _ in range(10)]
+    assert first == sorted(range(100), key=lambda i: (score[i], i))[:10]
+    for _ in range(10):
+        s.update(9.0)  # down to the floor 0.33
+    assert s.percentile == 0.33
+    rest = [next(it) for _ in range(60)]
+    assert set(rest) <= pool_of(score, 0.33)
+
+
+def test_copy_and_pickle_keep_the_position():
+    import copy
+    import pickle
+
+    s = HybridSampler(table(50, 6), seed=0)
+    it = iter(s)
+    head = [next(it) for _ in range(5)]
+    c, p = copy.deepcopy(s), pickle.loads(pickle.dumps(s))
+    rest = list(s)
+    assert list(c) == list(p) == rest and len(head + rest) == len(s)

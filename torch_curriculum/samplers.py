@@ -52,13 +52,13 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import math
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -108,8 +108,7 @@ class _View:
         return p_eff, int(np.searchsorted(self.sorted_np, p_eff, side="right"))
 
 
-@dataclass(frozen=True)
-class _Pace:
+class _Pace(NamedTuple):
     """What a strategy wants right now: ``vid`` names the score (None: everything, random)."""
 
     phase: str
@@ -720,7 +719,7 @@ class EasyToHardSampler(_CurriculumSampler):
         super().__init__(difficulty, **kwargs)
 
     def _stage_of(self, p: float) -> int:
-        return next(s + 1 for s, b in enumerate(self.stage_percentiles) if p <= b)
+        return bisect.bisect_left(self.stage_percentiles, p) + 1  # smallest s with p <= sp[s-1]
 
     def _compute_pace(self, phase: str, u: float) -> _Pace:
         if phase in ("before", "after"):
@@ -868,7 +867,7 @@ class DynamicPacingSampler(_DynamicMixin, _CurriculumSampler):
         self._record(loss)
 
     def _stage_of(self, p: float) -> int:
-        return next(s + 1 for s, b in enumerate(self.stage_percentiles) if p <= b)
+        return bisect.bisect_left(self.stage_percentiles, p) + 1  # smallest s with p <= sp[s-1]
 
     def _compute_pace(self, phase: str, u: float) -> _Pace:
         if phase in ("before", "after"):
