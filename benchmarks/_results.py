@@ -369,8 +369,12 @@ def _h1(signals: Mapping[str, Any], targets: Mapping[str, Any], primary: str | N
             # Samples a target could not be measured for (never drawn in the random run) are
             # dropped explicitly and counted.
             keep = np.isfinite(x) & np.isfinite(y)
-            r = metrics.rank_correlation(x[keep], y[keep], n_boot=n_boot, confidence=confidence,
-                                         seed=seed)
+            try:
+                r = metrics.rank_correlation(x[keep], y[keep], n_boot=n_boot,
+                                             confidence=confidence, seed=seed)
+            except ValueError as e:
+                raise ResultsError(f"h1: signal {name!r} vs target {tname!r} "
+                                   f"({int(keep.sum())} finite pairs): {e}") from None
             by_target[tname] = {
                 "spearman": r["spearman"], "spearman_p": r["spearman_p"],
                 "kendall": r["kendall"], "kendall_p": r["kendall_p"],
@@ -577,12 +581,16 @@ def _h3(runs: dict[str, dict[int, dict]], confidence: float, alpha: float,
     seed_sets = {s: sorted(by_seed) for s, by_seed in runs.items()}
     common = sorted(set.intersection(*(set(v) for v in seed_sets.values())))
     rankings: dict[str, Any] = {}
-    note = None
-    if len(set(map(tuple, seed_sets.values()))) != 1:
-        raise ResultsError(f"h3: strategies were run on different seeds {seed_sets}; every "
-                           "strategy needs the same seeds to be ranked with paired tests")
+    notes = []
+    # Paired tests need the same seeds everywhere: runs on a seed that some strategy lacks (an
+    # unfinished benchmark) are left out of the ranking, and the note lists them.
+    excluded = {s: [k for k in v if k not in common] for s, v in seed_sets.items()}
+    excluded = {s: v for s, v in excluded.items() if v}
+    if excluded:
+        notes.append(f"runs left out of the ranking because not every strategy has their seed: "
+                     f"{excluded}")
     if len(common) < 2:
-        note = f"ranking needs >= 2 seeds per strategy, got {len(common)}"
+        notes.append(f"ranking needs >= 2 seeds per strategy, got {len(common)}")
     else:
         for metric_name in RANKING_METRICS:
             values = {}
@@ -600,7 +608,7 @@ def _h3(runs: dict[str, dict[int, dict]], confidence: float, alpha: float,
                                                                         alpha=alpha)}
     return {"primary_metric": "steps_to_target", "alpha": alpha, "seeds": common,
             "test": "paired t-test by seed, Holm-corrected", "ci_method": "t",
-            "rankings": rankings, "note": note}
+            "rankings": rankings, "note": "; ".join(notes) or None}
 
 
 def _per_layer(runs: dict[str, dict[int, dict]], rel_tol: float) -> dict[str, Any]:

@@ -229,6 +229,8 @@ def _h3_section(h3: Mapping[str, Any] | None) -> list[str]:
         return [*lines, f"No ranking: {note}.", ""]
     lines += [f"Mean over seeds {h3.get('seeds')} with Student-t CIs; tests: "
               f"{h3.get('test', '')} (alpha = {h3.get('alpha')}). Lower is better.", ""]
+    if h3.get("note"):
+        lines += [f"Note: {h3['note']}.", ""]
     for metric_name, block in h3["rankings"].items():
         lines += [f"### By {metric_name.replace('_', ' ')}"
                   + (" (primary)" if metric_name == h3.get("primary_metric") else ""), ""]

@@ -332,6 +332,24 @@ def test_build_results_needs_provenance_and_handles_one_seed():
     assert fixed["runs"]["dynamic"]["0"]["steps_to_target"] == pytest.approx(7.5)
     assert fixed["runs"]["random"]["0"]["steps_to_target"] is None
 
+def test_unfinished_benchmark_ranks_common_seeds_and_says_so():
+    recs = [_rec("random", k, (3.0, 2.0 + 0.1 * k, 1.9 + 0.1 * k)) for k in range(3)]
+    recs += [_rec("dynamic", k, (3.0, 1.5 + 0.2 * k, 1.4)) for k in range(2)]
+    for r in recs:
+        r["val_steps"] = [0, 10, 20]
+    doc = _results.build_results(recs, provenance=PROV)
+    assert doc["h3"]["seeds"] == [0, 1]
+    assert "{'random': [2]}" in doc["h3"]["note"]
+    assert doc["h3"]["rankings"]["steps_to_target"]["ranking"][0]["n"] == 2
+    assert doc["h2"]["strategies"]["dynamic"]["n_pairs"] == 2
+
+
+def test_constant_signal_error_names_signal_and_target():
+    recs = [_rec("random", 0)]
+    with pytest.raises(_results.ResultsError, match="signal 'flat' vs target 't'.*constant"):
+        _results.build_results(recs, provenance=PROV, signals={"flat": [1.0] * 5},
+                               targets={"t": [1.0, 2.0, 3.0, 4.0, 5.0]})
+
 # ------------------------------------------------------------------ report
 
 
@@ -408,7 +426,7 @@ def test_report_is_regenerated_identically_and_from_files_only(results_dir, tmp_
         report.build_report(root, plots=False)
 
 
-def test_cli_regenerates_the_report(results_dir, tmp_path):
+def test_cli_regenerates_the_report(results_dir, tmp_path, capsys):
     root, _ = make_results_dir(tmp_path)
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(root),
                            "--no-plots"], capture_output=True, text=True, timeout=120)
@@ -416,9 +434,9 @@ def test_cli_regenerates_the_report(results_dir, tmp_path):
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["report"] == str(root / "report.md") and last["plots"] == []
     assert (root / "report.md").read_text().startswith("# Curriculum benchmark report: fixture")
-    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"),
-                          str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "results.json does not exist" in bad.stderr
+    # the error path in-process (a second interpreter start costs seconds)
+    assert report.main([str(tmp_path / "nowhere")]) == 2
+    assert "results.json does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mutate,match", [
