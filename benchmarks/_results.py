@@ -35,6 +35,20 @@ undefined number is ``null``.
 
 Run logs are the JSONL files of :func:`torch_curriculum.loragen.train_generator`: records with
 ``"type"`` ``run`` | ``train`` | ``val`` | ``test`` | ``end`` (see :func:`read_run_log`).
+
+Example (what a runner does once its runs are done)::
+
+    root = Path("benchmarks/results/cpu")
+    records = [run_record_from_log(root / f"runs/{s}/seed{k}.jsonl", s, k, results_dir=root)
+               for s in strategies for k in seeds]
+    # H1 targets from the random-order run: metrics.per_sample_mean_loss(indices, losses, N)
+    arrays = save_arrays(root, layer_diffs=d_hat, layer_diffs_raw=d_raw,
+                         h1_samples={**signals, **targets})
+    doc = build_results(records, signals=signals, targets=targets,
+                        primary_target="train_loss_mean", provenance={"config": cfg, "seed": 0,
+                        "data_fingerprint": data_fingerprint(data_file, diff_file)},
+                        arrays=arrays, preset="cpu")
+    write_results(root, doc)   # then: python benchmarks/report.py benchmarks/results/cpu
 """
 
 from __future__ import annotations
