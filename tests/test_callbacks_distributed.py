@@ -55,7 +55,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)  # two processes on a 2-core box
-    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=WORLD)
+    # a file rendezvous: no TCP port to race for with other tests running at the same time
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}",
+                            rank=rank, world_size=WORLD)
     try:
         _pacing_part(rank, out_dir)
         _trainer_part(rank, out_dir)  # accelerate reuses the initialised process group
