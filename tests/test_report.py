@@ -350,6 +350,25 @@ def test_constant_signal_error_names_signal_and_target():
         _results.build_results(recs, provenance=PROV, signals={"flat": [1.0] * 5},
                                targets={"t": [1.0, 2.0, 3.0, 4.0, 5.0]})
 
+def test_data_fingerprint_and_save_arrays(tmp_path):
+    import hashlib
+
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"hello ")
+    b.write_bytes(b"world")
+    assert _results.data_fingerprint(a, b) == "sha256:" + hashlib.sha256(b"hello world").hexdigest()
+    assert _results.data_fingerprint(b, a) != _results.data_fingerprint(a, b)
+    with pytest.raises(_results.ResultsError, match="not a file"):
+        _results.data_fingerprint(tmp_path / "missing")
+    d = np.arange(12.0).reshape(4, 3)
+    out = _results.save_arrays(tmp_path, layer_diffs=d, h1_samples={"s": [1, 2], "t": [3, 4]})
+    assert out == {"layer_diffs": "arrays/layer_diffs.npy", "h1_samples": "arrays/h1_samples.npz"}
+    np.testing.assert_array_equal(np.load(tmp_path / out["layer_diffs"]), d)
+    with pytest.raises(_results.ResultsError, match=r"\[N, L\]"):
+        _results.save_arrays(tmp_path, layer_diffs_raw=np.ones(3))
+    with pytest.raises(_results.ResultsError, match="differ in length"):
+        _results.save_arrays(tmp_path, h1_samples={"s": [1, 2], "t": [3]})
+
 # ------------------------------------------------------------------ report
 
 
