@@ -315,6 +315,16 @@ def test_attach_curriculum_on_a_plain_trainer(tmp_path):
     assert pct == pytest.approx([0.58, 0.56, 0.54, 0.52, 0.50])
 
 
+def test_pacing_in_a_trainer_that_does_not_use_the_sampler_warns(tmp_path, caplog):
+    ds = TokenDataset()
+    sampler = DynamicPacingSampler(difficulty_table())
+    trainer = transformers.Trainer(model=tiny_llama(), args=training_args(tmp_path, max_steps=1),
+                                   train_dataset=ds, callbacks=[PacingCallback(sampler)])
+    with caplog.at_level("WARNING", logger="torch_curriculum.callbacks"):
+        trainer.train()
+    assert "does not draw from this sampler" in caplog.text
+
+
 def test_trainer_rejects_conflicting_settings(tmp_path):
     ds = TokenDataset()
     sampler = DynamicPacingSampler(difficulty_table())
@@ -526,6 +536,8 @@ def test_layer_mask_in_the_trainer_with_peft(tmp_path):
                                 train_dataset=ds, curriculum_sampler=sampler, pacing=True,
                                 callbacks=[sched, Snap()])
     trainer.train()
+    # the guard sits on the torch optimizer inside accelerate's wrapper
+    assert list(sched._hooked) == [id(trainer.optimizer.optimizer)]
     assert len(snapshots) == 4
     for epoch in range(3):
         expected = set(range(math.ceil((epoch + 1) * N_LAYERS / 3)))

@@ -272,7 +272,11 @@ class PacingCallback(TrainerCallback):
 
     # -- TrainerCallback events ----------------------------------------------------------
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if train_dataloader is not None and not _draws_from(train_dataloader, self.sampler):
+            logger.warning("PacingCallback: the Trainer's train DataLoader does not draw from this "
+                           "sampler, so pacing changes nothing; use CurriculumTrainer or "
+                           "attach_curriculum(trainer, sampler)")
         strategy = str(getattr(args.logging_strategy, "value", args.logging_strategy))
         if strategy == "no":
             raise ValueError("PacingCallback reads the loss from the Trainer's logs, but "
@@ -302,6 +306,20 @@ class PacingCallback(TrainerCallback):
         if not self.log_state:
             return
         _add_to_logs(state, logs, self.log_entries(), self.loss_key)
+
+
+def _draws_from(dataloader: Any, sampler: Any) -> bool:
+    """Whether ``sampler`` is inside ``dataloader`` (plain, or wrapped by accelerate)."""
+    seen, todo = set(), [dataloader]
+    while todo:
+        obj = todo.pop()
+        if obj is sampler:
+            return True
+        if obj is None or id(obj) in seen or len(seen) > 16:
+            continue
+        seen.add(id(obj))
+        todo.extend(getattr(obj, a, None) for a in ("sampler", "batch_sampler", "base_dataloader"))
+    return False
 
 
 def _add_to_logs(state: Any, logs: dict[str, Any], entries: dict[str, Any], loss_key: str) -> None:
