@@ -593,3 +593,17 @@ def test_default_pattern_on_the_reference_loragen_generator():
         sched.apply()
         assert gen.trainable_layers() == expected
         assert gen.cloud_kv.weight.requires_grad
+
+
+def test_fractional_epochs_plan_the_last_epoch_by_its_own_length(tmp_path):
+    sampler = LayerWiseProgressiveSampler(difficulty_table(), curriculum_end_epoch=3, warmup_epochs=0)
+    lengths = []
+    for e in range(2):
+        probe = LayerWiseProgressiveSampler(difficulty_table(), curriculum_end_epoch=3, warmup_epochs=0)
+        probe.set_epoch(e)
+        lengths.append(math.ceil(len(probe) / 4))
+    trainer = CurriculumTrainer(model=tiny_llama(), args=training_args(tmp_path, num_train_epochs=1.5),
+                                train_dataset=TokenDataset(), curriculum_sampler=sampler)
+    trainer.train()
+    assert lengths[0] != lengths[1]
+    assert trainer.state.max_steps == trainer.state.global_step == lengths[0] + math.ceil(0.5 * lengths[1])

@@ -435,6 +435,9 @@ def _initial_values(trainer: Trainer, values: tuple, args: Any, dataloader: Any)
         num_train_epochs = max(num_train_epochs, args.max_steps)
     elif hasattr(dataloader, "__len__") and callable(getattr(trainer.curriculum_sampler, "state_dict", None)):
         planned = _planned_updates(trainer, dataloader, num_train_epochs)
+        whole = math.floor(args.num_train_epochs)
+        if whole < len(planned):  # a fractional last epoch (num_train_epochs=2.5)
+            planned[whole] = math.ceil((args.num_train_epochs - whole) * planned[whole])
         max_steps = sum(planned)
         logger.info("CurriculumTrainer: optimiser steps per epoch as planned by the sampler: %s "
                     "(total %d)", planned, max_steps)
