@@ -646,3 +646,16 @@ def test_copy_and_pickle_keep_the_position():
     c, p = copy.deepcopy(s), pickle.loads(pickle.dumps(s))
     rest = list(s)
     assert list(c) == list(p) == rest and len(head + rest) == len(s)
+
+
+def test_view_percentiles_equal_difficulty_percentiles():
+    from torch_curriculum.difficulty import percentiles
+    from torch_curriculum.samplers import _View
+
+    g = torch.Generator().manual_seed(1)
+    score = torch.randint(0, 7, (200,), generator=g).to(torch.float64)  # many ties
+    v = _View(score)
+    pct = percentiles(score).numpy()
+    assert np.array_equal(v.sorted_pct, np.sort(pct))
+    assert np.array_equal(pct[v.order], v.sorted_pct)  # the order lists samples by rising percentile
+    assert np.array_equal(v.order, np.lexsort((np.arange(200), score.numpy())))

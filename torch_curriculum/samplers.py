@@ -18,13 +18,18 @@ random).
 
 Drawing. An epoch is a fixed number of draws (``len(sampler)`` per rank, fixed when the epoch starts:
 the pool size for static pools, ``len(dataset)`` for pools that move inside the epoch (dynamic, hybrid,
-step pacing), or ``samples_per_epoch``). Draws walk a random permutation of all N samples (seeded by
-``seed``, the epoch and a pass counter) and yield the samples that are in the pool *at the moment they
-are drawn*; if a walk ends before the epoch has its draws, the next pass (a fresh permutation) starts.
-A static pool is therefore drawn exactly once per epoch, shuffled, with no duplicates. With
-``strict_order=True`` the walk follows the easy-to-hard order of the current score instead (a new pass
-starts when that score changes). Indices are produced in vectorised chunks; an :meth:`update` that
-changes the pool cuts the current chunk, so the change applies to the very next index drawn.
+step pacing), or ``samples_per_epoch``). The pool is always a prefix of the current score's
+easy-to-hard order (its first ``pool_size`` positions). Draws walk a random permutation of those N
+positions (seeded by ``seed``, the epoch and a pass counter) and yield the samples whose position is
+inside the pool *at the moment they are drawn*; if a walk ends before the epoch has its draws, the next
+pass (a fresh permutation) starts, and a change of score (a new layer-wise stage, a new layer group)
+also starts a new pass. A static pool is therefore drawn exactly once per epoch, shuffled, with no
+duplicates; a pool that grows admits its new samples into the rest of the current pass. With
+``strict_order=True`` the walk goes through the positions in order (easy to hard). Outside the
+curriculum the walk is a plain random permutation of the samples. Indices are produced in vectorised
+numpy chunks; an :meth:`update` that changes the pool cuts the current chunk, so the change applies
+to the very next index drawn. Cost: one permutation of N per pass, so a pool that is a fraction f of
+the data and moves within the epoch costs about 1/f permutations per epoch.
 
 Distributed. ``num_replicas``/``rank`` (default: from ``torch.distributed`` when initialised). The
 walk is consumed in groups of ``num_replicas`` eligible samples and rank r takes the r-th of each
@@ -65,7 +70,7 @@ import torch
 from torch.utils.data import Sampler
 
 from .config import CurriculumConfig, canonical_strategy
-from .difficulty import _check_stage_percentiles, aggregate, percentiles
+from .difficulty import _check_stage_percentiles, aggregate
 from .pacing import PACING_NAMES, curriculum_progress, pacing_fraction
 
 __all__ = [
@@ -85,27 +90,29 @@ _MIN_CHUNK = 256
 
 
 class _View:
-    """One difficulty score: its percentiles, the sorted percentiles (pool sizes) and its order."""
+    """One difficulty score: its easy-to-hard order and the percentiles along that order.
 
-    __slots__ = ("_order", "min_pct", "pct_np", "score", "sorted_np")
+    ``sorted_pct[j]`` is the percentile (as :func:`~torch_curriculum.difficulty.percentiles` defines
+    it: the fraction of scores ``<=`` this one) of the sample at position j of ``order``; one stable
+    argsort gives both, and the pool "percentile <= p" is the first ``searchsorted(sorted_pct, p)``
+    positions of ``order``.
+    """
+
+    __slots__ = ("min_pct", "order", "sorted_pct")
 
     def __init__(self, score: torch.Tensor):
-        self.score = score
-        self.pct_np = percentiles(score).numpy()
-        self.sorted_np = np.sort(self.pct_np)
-        self.min_pct = float(self.sorted_np[0])
-        self._order: np.ndarray | None = None
-
-    def order(self) -> np.ndarray:
-        """Easy-to-hard order (ties by index), computed on first use."""
-        if self._order is None:
-            self._order = np.argsort(self.score.numpy(), kind="stable")
-        return self._order
+        x = score.numpy()
+        if not np.isfinite(x).all():
+            raise ValueError("difficulty scores hold NaN/Inf")
+        self.order = np.argsort(x, kind="stable")  # ties keep index order
+        xs = x[self.order]
+        self.sorted_pct = np.searchsorted(xs, xs, side="right") / len(xs)
+        self.min_pct = float(self.sorted_pct[0])
 
     def pool(self, p: float) -> tuple[float, int]:
         """Effective upper percentile (never below the easiest tie group) and pool size."""
         p_eff = max(p, self.min_pct)
-        return p_eff, int(np.searchsorted(self.sorted_np, p_eff, side="right"))
+        return p_eff, int(np.searchsorted(self.sorted_pct, p_eff, side="right"))
 
 
 class _Pace(NamedTuple):
@@ -293,10 +300,11 @@ class _CurriculumSampler(Sampler[int]):
             raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
         self.chunk_size = chunk_size
         self._n = int(self.layer_diffs.shape[0])
+        # 9 significant digits: a sum's last bits depend on the thread count of the reduction
         self._fingerprint = [self._n, int(self.layer_diffs.shape[1]),
-                             round(float(self.layer_diffs.sum()), 6), round(float(self.scores.sum()), 6)]
+                             float(f"{float(self.layer_diffs.sum()):.9g}"), float(f"{float(self.scores.sum()):.9g}")]
         self._views: dict[str, _View] = {}
-        self._perm_cache: dict[tuple[int, int, str | None], np.ndarray] = {}
+        self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
         # pacing state
         self.epoch = 0
         self.step = 0
@@ -360,8 +368,14 @@ class _CurriculumSampler(Sampler[int]):
             return 1.0, self._n
         return self._view(pace.vid).pool(pace.percentile)
 
-    def _kind_of(self, pace: _Pace) -> str | None:
-        return pace.vid if (pace.strict and pace.vid is not None) else None
+    @staticmethod
+    def _kind_of(pace: _Pace) -> str | None:
+        """How a pass walks: None = a random permutation of the samples; ``"r|vid"`` = a random
+        permutation of the positions in view vid's easy-to-hard order (the pool is the positions
+        below its size, so eligibility needs no gather); ``"s|vid"`` = those positions in order."""
+        if pace.vid is None:
+            return None
+        return ("s|" if pace.strict else "r|") + pace.vid
 
     def _refresh(self, phase_u: tuple[str, float] | None = None) -> None:
         """Recompute the pace; cut the current chunk when the pool or the order changed."""
@@ -369,13 +383,12 @@ class _CurriculumSampler(Sampler[int]):
         pace = self._compute_pace(phase, u)
         p_eff, k = self._pool_of(pace)
         kind = self._kind_of(pace)
-        old = (self._pace_vid, self._pool_size, self._want_kind) if hasattr(self, "_pace_vid") else None
+        old = (self._pool_size, self._want_kind) if hasattr(self, "_want_kind") else None
         self._pace = pace
         self._p_eff = p_eff
         self._pool_size = k
         self._want_kind = kind
-        self._pace_vid = pace.vid if k < self._n else None
-        if old is not None and old != (self._pace_vid, k, kind):
+        if old is not None and old != (k, kind):
             self._invalidate()
 
     # ----------------------------------------------------------------- epochs
@@ -421,10 +434,9 @@ class _CurriculumSampler(Sampler[int]):
         return self._num_local
 
     # ----------------------------------------------------------------- drawing
-    def _perm(self, q: int, kind: str | None) -> np.ndarray:
-        if kind is not None:
-            return self._view(kind).order()
-        key = (self.epoch, q, None)
+    def _perm(self, q: int) -> np.ndarray:
+        """Random permutation of pass q of this epoch, derived from (seed, epoch, q)."""
+        key = (self.epoch, q)
         perm = self._perm_cache.get(key)
         if perm is None:
             g = torch.Generator().manual_seed(_derive_seed(self.seed, self.epoch, q))
@@ -479,10 +491,7 @@ class _CurriculumSampler(Sampler[int]):
         r_n, r = self.num_replicas, self.rank
         nloc = min(rem, self._chunk_target, self.chunk_size)
         need = nloc * r_n
-        n = self._n
-        k, p_eff = self._pool_size, self._p_eff
-        full = k >= n
-        pct = None if full else self._view(self._pace_vid).pct_np
+        n, k = self._n, self._pool_size
         w = self._walk
         kinds: dict[int, str | None] = {}
         els, poss = [], []
@@ -490,32 +499,36 @@ class _CurriculumSampler(Sampler[int]):
         while got < need:
             q, c = divmod(w, n)
             if q not in kinds:
-                if self._pass_kind is not None and self._pass_kind[0] == q:
-                    kinds[q] = self._pass_kind[1]
-                else:
-                    kinds[q] = self._want_kind
-            perm = self._perm(q, kinds[q])
-            if full:
-                end = min(c + need - got, n)
-                e = perm[c:end]
-                pos = None
+                pk = self._pass_kind
+                kinds[q] = pk[1] if pk is not None and pk[0] == q else self._want_kind
+            kind = kinds[q]
+            if kind is not None and kind[0] == "s":
+                # strict: positions 0..k-1 of the order are the pool, in order
+                if c >= k:
+                    w = (q + 1) * n
+                    continue
+                end = min(c + need - got, k)
+                pos = np.arange(c, end)
+                e = self._view(kind[2:]).order[c:end]
             else:
-                est = int((need - got) * n / max(k, 1) * 1.1) + 64
-                end = min(c + est, n)
-                seg = perm[c:end]
-                hit = np.flatnonzero(pct[seg] <= p_eff)
-                e = seg[hit]
-                pos = hit + (q * n + c)
+                seg_len = need - got if k >= n else int((need - got) * n / k * 1.1) + 64
+                end = min(c + seg_len, n)
+                seg = self._perm(q)[c:end]
+                if k >= n:
+                    pos = None
+                else:
+                    hit = np.flatnonzero(seg < k)
+                    seg = seg[hit]
+                    pos = hit + c
+                e = seg if kind is None else self._view(kind[2:]).order[seg]
             els.append(e)
-            poss.append((q * n + c, e.size) if pos is None else pos)
+            poss.append(pos if pos is not None else np.arange(c, end))
+            poss[-1] += q * n
             got += e.size
             w = q * n + end
         g = np.concatenate(els)[:need] if len(els) > 1 else els[0][:need]
-        if full:  # walk positions are contiguous
-            self._after = np.arange(self._walk + r_n, self._walk + need + 1, r_n)
-        else:
-            pos = np.concatenate(poss)[:need] if len(poss) > 1 else poss[0][:need]
-            self._after = pos[r_n - 1::r_n] + 1
+        pos = np.concatenate(poss)[:need] if len(poss) > 1 else poss[0][:need]
+        self._after = pos[r_n - 1::r_n] + 1
         self._chunk_w0, self._chunk_y0 = self._walk, self._yielded
         self._chunk_kinds = kinds
         self._buf = g[r::r_n].tolist()
@@ -670,8 +683,8 @@ class _CurriculumSampler(Sampler[int]):
         pk = state["pass_kind"]
         self._pass_kind = None if pk is None else (int(pk[0]), pk[1])
         self._chunk_target = _MIN_CHUNK
-        if hasattr(self, "_pace_vid"):
-            del self._pace_vid  # recompute the pace without cutting anything
+        if hasattr(self, "_want_kind"):
+            del self._want_kind  # recompute the pace without cutting anything
         self._refresh()
 
 
