@@ -655,13 +655,11 @@ def _per_layer(runs: dict[str, dict[int, dict]], rel_tol: float) -> dict[str, An
 
 
 def _versions() -> dict[str, str]:
-    import scipy
-
     from torch_curriculum._version import __version__
     out = {"python": platform.python_version(), "numpy": np.__version__,
-           "scipy": scipy.__version__, "torch_curriculum": __version__}
+           "torch_curriculum": __version__}
     # Package metadata, not imports: importing transformers would cost seconds.
-    for dist in ("torch", "transformers", "peft", "safetensors"):
+    for dist in ("scipy", "torch", "transformers", "peft", "safetensors", "matplotlib"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

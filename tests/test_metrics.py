@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -454,3 +455,11 @@ def test_rank_strategies_errors():
     with pytest.raises(ValueError, match="'b'"):
         rank_strategies({"a": [1.0, 2.0], "b": [1.0, float("nan")]})
     assert "Only one strategy" in ranking_verdict(rank_strategies({"a": [1.0, 2.0]}))
+
+
+def test_missing_scipy_is_a_clear_error_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)
+    # curve metrics need only numpy
+    assert steps_to_target([1, 2], [3.0, 1.0], 2.0) == 2.0
+    with pytest.raises(ImportError, match=r"torch_curriculum\[examples\]"):
+        t_ci([1.0, 2.0, 3.0])

@@ -38,7 +38,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import special, stats
+
+from ._optional import require
 
 __all__ = [
     "bootstrap_ci",
@@ -62,6 +63,15 @@ __all__ = [
 _BLOCK = 1 << 22
 # Below this n the exact two-sided Wilcoxon test cannot give p < 0.05 (n=6 -> 0.03125).
 _WILCOXON_MIN_N = 6
+
+
+def _stats():
+    """scipy.stats, imported lazily: scipy is an optional dependency (the ``examples`` extra)."""
+    return require("scipy.stats", "examples", "the statistics of torch_curriculum.metrics")
+
+
+def _special():
+    return require("scipy.special", "examples", "the statistics of torch_curriculum.metrics")
 
 
 def _as_1d(x: Any, name: str, *, allow_nonfinite: bool = False) -> np.ndarray:
@@ -315,6 +325,7 @@ def bootstrap_ci(values: Any, statistic: Callable = np.mean, *, n_resamples: int
         >>> lo < 3.0 < hi
         True
     """
+    special = _special()
     x = _as_1d(values, "values")
     if x.size < 2:
         raise ValueError(f"bootstrap_ci needs at least 2 values, got {x.size}")
@@ -380,6 +391,7 @@ def t_ci(values: Any, confidence: float = 0.95) -> tuple[float, float]:
         >>> t_ci([1.0, 2.0, 3.0])  # doctest: +ELLIPSIS
         (-0.484..., 4.484...)
     """
+    stats = _stats()
     x = _as_1d(values, "values")
     if x.size < 2:
         raise ValueError(f"t_ci needs at least 2 values, got {x.size}")
@@ -414,6 +426,7 @@ def paired_test(a: Any, b: Any) -> dict[str, Any]:
         >>> round(paired_test([1.0, 2.0, 3.5], [0.5, 1.0, 2.0])["p_value"], 4)
         0.0742
     """
+    stats = _stats()
     x = _as_1d(a, "a")
     y = _as_1d(b, "b")
     if x.shape != y.shape:
@@ -501,6 +514,7 @@ def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         >>> float(spearman_rows(np.array([1., 2., 3.]), np.array([3., 5., 4.])))
         0.5
     """
+    stats = _stats()
     return _pearson_rows(stats.rankdata(x, axis=-1), stats.rankdata(y, axis=-1))
 
 
@@ -574,6 +588,7 @@ def rank_correlation(x: Any, y: Any, *, n_boot: int = 1000, confidence: float = 
         >>> round(r["spearman"], 2), round(r["kendall"], 2)
         (0.8, 0.6)
     """
+    stats = _stats()
     xs = _as_1d(x, "x")
     ys = _as_1d(y, "y")
     if xs.shape != ys.shape:
