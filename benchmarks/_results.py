@@ -122,7 +122,9 @@ def read_run_log(path: str | os.PathLike) -> dict[str, Any]:
         train records that carry them (None if none do); ``per_sample``: ``{"indices",
         "losses"}`` flattened over the train records that carry both ``indices`` and
         ``per_sample_loss`` (None if none do; feed it to
-        :func:`torch_curriculum.metrics.per_sample_mean_loss`).
+        :func:`torch_curriculum.metrics.per_sample_mean_loss`); ``batches``: ``{"step": [T],
+        "indices": list of per-step index lists}`` from the train records' ``indices`` (None if
+        not logged).
 
     Raises:
         ResultsError: missing file, a line that is not a JSON object, a record without ``type``,
@@ -141,6 +143,8 @@ def read_run_log(path: str | os.PathLike) -> dict[str, Any]:
     val: list[dict[str, Any]] = []
     sample_idx: list[int] = []
     sample_loss: list[float] = []
+    batch_steps: list[float] = []
+    batch_indices: list[list[int]] = []
     per_layer: dict[str, tuple[list[float], list[list[float]], list[int]]] = {
         "layer_update_norm": ([], [], []), "layer_grad_norm": ([], [], [])}
     with open(path, encoding="utf-8") as fh:
@@ -170,6 +174,12 @@ def read_run_log(path: str | os.PathLike) -> dict[str, Any]:
                 row["lm_loss"] = _num(rec, "lm_loss", where) if "lm_loss" in rec else row["loss"]
                 row["epoch"] = _num(rec, "epoch", where) if "epoch" in rec else math.nan
                 train.append(row)
+                if rec.get("indices") is not None:
+                    if not isinstance(rec["indices"], list) or not all(
+                            isinstance(i, int) and not isinstance(i, bool) for i in rec["indices"]):
+                        raise ResultsError(f"{where}: 'indices' must be a list of ints")
+                    batch_steps.append(row["step"])
+                    batch_indices.append(rec["indices"])
                 if rec.get("indices") is not None and rec.get("per_sample_loss") is not None:
                     if len(rec["indices"]) != len(rec["per_sample_loss"]):
                         raise ResultsError(f"{where}: 'indices' and 'per_sample_loss' differ in "
@@ -197,6 +207,8 @@ def read_run_log(path: str | os.PathLike) -> dict[str, Any]:
     for key, (steps, norms, _) in per_layer.items():
         out[key] = ({"step": np.array(steps, dtype=np.float64),
                      "norms": np.array(norms, dtype=np.float64)} if steps else None)
+    out["batches"] = ({"step": np.array(batch_steps, dtype=np.float64), "indices": batch_indices}
+                      if batch_steps else None)
     out["per_sample"] = ({"indices": np.array(sample_idx, dtype=np.int64),
                           "losses": np.array(sample_loss, dtype=np.float64)}
                          if sample_idx else None)

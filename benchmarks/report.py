@@ -16,6 +16,8 @@ and the arrays under ``arrays`` (``layer_diffs``, ``layer_diffs_raw``: ``.npy`` 
 * ``heatmap_layer_diffs.png``: normalised d_i, samples (sorted by mean difficulty) x layers;
 * ``heatmap_update_norm.png``: per strategy, the LoRA update norm of every layer over training
   (mean over seeds);
+* ``heatmap_drawn_difficulty.png``: per strategy, the mean normalised d_i (per layer) of the
+  samples drawn over training (from the logged batch ``indices``): the curriculum at work;
 * ``h1_scatter.png``: the best H1 signals against the primary H1 target.
 
 Nothing is recomputed from models: re-running this script on the same directory gives the same
@@ -502,6 +504,63 @@ def _heatmap_update_norms(plt: Any, logs: Mapping[str, list[dict]], path: Path) 
     return True
 
 
+def _drawn_difficulty(logs: Mapping[str, list[dict]], d: np.ndarray,
+                      n_bins: int = 60) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per strategy: mean d_i (per layer) of the samples drawn, in step bins, averaged over seeds."""
+    out = {}
+    for s, runs in logs.items():
+        per_seed = []
+        edges = None
+        for r in runs:
+            b = r.get("batches")
+            if b is None:
+                continue
+            steps = b["step"]
+            if edges is None:
+                edges = np.linspace(steps.min(), steps.max() + 1, min(n_bins, steps.size) + 1)
+            lens = np.array([len(ix) for ix in b["indices"]])
+            flat = np.concatenate([np.asarray(ix, dtype=np.int64) for ix in b["indices"]])
+            if flat.size and (flat.min() < 0 or flat.max() >= d.shape[0]):
+                raise ResultsError(f"strategy {s!r}: a logged sample index is outside the "
+                                   f"{d.shape[0]} rows of layer_diffs")
+            which = np.clip(np.searchsorted(edges, np.repeat(steps, lens), side="right") - 1,
+                            0, edges.size - 2)
+            sums = np.zeros((edges.size - 1, d.shape[1]))
+            np.add.at(sums, which, d[flat])
+            counts = np.bincount(which, minlength=edges.size - 1)[:, None]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                per_seed.append(np.where(counts > 0, sums / np.maximum(counts, 1), np.nan))
+        if per_seed:
+            with _quiet():
+                out[s] = (edges, np.nanmean(np.stack(per_seed), axis=0))
+    return out
+
+
+def _heatmap_drawn(plt: Any, panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                   path: Path) -> None:
+    k = len(panels)
+    ncols = min(3, k)
+    nrows = math.ceil(k / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
+    vmin = min(float(np.nanmin(v)) for _, v in panels.values())
+    vmax = max(float(np.nanmax(v)) for _, v in panels.values())
+    for i in range(nrows * ncols):
+        ax = axes[i // ncols][i % ncols]
+        if i >= k:
+            ax.axis("off")
+            continue
+        s, (edges, m) = list(panels.items())[i]
+        im = ax.imshow(m.T, aspect="auto", origin="lower", interpolation="nearest",
+                       extent=(edges[0], edges[-1], -0.5, m.shape[1] - 0.5), cmap="viridis",
+                       vmin=vmin, vmax=vmax)
+        ax.set(title=f"{s}: mean d_i of drawn samples", xlabel="step", ylabel="layer")
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _h1_scatter(plt: Any, h1: Mapping[str, Any], samples: Mapping[str, np.ndarray],
                 path: Path) -> bool:
     primary = h1["primary_target"]
@@ -563,6 +622,11 @@ def make_plots(doc: Mapping[str, Any], results_dir: str | Path, plt: Any) -> lis
         written.append("plots/heatmap_layer_diffs.png")
     if _heatmap_update_norms(plt, logs, out_dir / "heatmap_update_norm.png"):
         written.append("plots/heatmap_update_norm.png")
+    if arrays.get("layer_diffs"):
+        panels = _drawn_difficulty(logs, np.load(root / arrays["layer_diffs"]))
+        if panels:
+            _heatmap_drawn(plt, panels, out_dir / "heatmap_drawn_difficulty.png")
+            written.append("plots/heatmap_drawn_difficulty.png")
     if doc.get("h1") and arrays.get("h1_samples"):
         with np.load(root / arrays["h1_samples"]) as npz:
             samples = {k: npz[k] for k in npz.files}

@@ -52,6 +52,7 @@ def write_log(path: Path, strategy: str, seed: int, tau: float, *, never_reach: 
     recs = [{"type": "run", "steps": STEPS, "batch_size": batch, "seed": seed,
              "sampler": strategy, "num_layers": L}]
     vi = 0
+    draw = np.random.default_rng([seed, int(tau)])
     for step in range(0, STEPS + 1):
         if step > 0:
             upd = [float(1 - math.exp(-step / (5.0 * (j + 1)))) for j in range(L)]
@@ -63,6 +64,7 @@ def write_log(path: Path, strategy: str, seed: int, tau: float, *, never_reach: 
                          "trainable_layers": list(range(L)),
                          "layer_grad_norm": [0.1 * (j + 1) for j in range(L)],
                          "shared_grad_norm": 0.2,
+                         "indices": draw.integers(0, 120, batch).tolist(),
                          **({"layer_update_norm": upd} if step % 2 == 0 else {})})
         if step % EVAL_EVERY == 0:
             recs.append({"type": "val", "step": step, "samples_seen": step * batch,
@@ -159,6 +161,22 @@ def test_read_run_log_collects_per_sample_losses_when_logged(tmp_path):
     assert out["indices"].tolist() == [3, 0, 3, 1]
     mean = metrics.per_sample_mean_loss(out["indices"], out["losses"], 5)
     np.testing.assert_allclose(mean, [1.0, 0.5, np.nan, 3.0, np.nan])
+
+
+def test_drawn_difficulty_by_hand(tmp_path):
+    log = tmp_path / "r.jsonl"
+    base = {"type": "train", "epoch": 0, "loss": 1.0, "samples_seen": 2, "wall_time": 1.0}
+    batches = [[0], [0, 1], [2], [2, 2]]
+    log.write_text("".join(json.dumps({**base, "step": i + 1, "indices": ix}) + "\n"
+                           for i, ix in enumerate(batches)))
+    parsed = _results.read_run_log(log)
+    assert parsed["batches"]["indices"] == batches
+    d = np.array([[0.0, 1.0], [10.0, 11.0], [20.0, 21.0]])
+    edges, mean = report._drawn_difficulty({"s": [parsed]}, d)["s"]
+    np.testing.assert_allclose(edges, [1, 2, 3, 4, 5])
+    np.testing.assert_allclose(mean, [[0, 1], [5, 6], [20, 21], [20, 21]])
+    with pytest.raises(_results.ResultsError, match="outside the 2 rows"):
+        report._drawn_difficulty({"s": [parsed]}, d[:2])
 
 
 def test_read_run_log_rejects_changing_layer_count(tmp_path):
@@ -382,7 +400,7 @@ def test_report_with_plots(results_dir):
     path = report.build_report(root)
     text = path.read_text()
     for name in ("learning_curves", "difficulty_hist_per_layer", "heatmap_layer_diffs",
-                 "heatmap_update_norm", "h1_scatter"):
+                 "heatmap_update_norm", "heatmap_drawn_difficulty", "h1_scatter"):
         png = root / "plots" / f"{name}.png"
         assert png.is_file() and _is_png(png), name
         assert f"](plots/{name}.png)" in text
