@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -61,19 +62,22 @@ def main() -> None:
         opt.step()
         gen.layer_update_norms()
 
-    def timed(fn, n: int) -> float:
+    cpu: dict[str, float] = {}
+
+    def timed(fn, n: int, name: str) -> float:
         fn()  # warm-up
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             fn()
+        cpu[name] = (time.process_time() - c0) / n
         return (time.perf_counter() - t0) / n
 
     gen.train()
-    step_s = timed(train_step, args.steps)
+    step_s = timed(train_step, args.steps, "train")
     gen.eval()
     with torch.inference_mode():
-        eval_s = timed(lambda: gen(ids, mask, cs, cm, labels), args.steps)
-        plain_s = timed(lambda: edge(ids, attention_mask=mask), args.steps)
+        eval_s = timed(lambda: gen(ids, mask, cs, cm, labels), args.steps, "eval")
+        plain_s = timed(lambda: edge(ids, attention_mask=mask), args.steps, "plain")
     t0 = time.perf_counter()
     gen.layer_update_norms()
     norms_s = time.perf_counter() - t0
@@ -85,6 +89,12 @@ def main() -> None:
         "train_step_over_plain_forward": round(step_s / plain_s, 2),
         "eval_over_plain_forward": round(eval_s / plain_s, 2),
         "steps_in_15_min": int(900 // step_s),
+        # CPU seconds of this process per call: on a machine shared with other jobs, wall time
+        # inflates while CPU time does not; cpu / threads estimates the wall time on idle cores.
+        "train_step_cpu_s": round(cpu["train"], 3), "eval_batch_cpu_s": round(cpu["eval"], 3),
+        "plain_edge_forward_cpu_s": round(cpu["plain"], 3),
+        "train_step_idle_estimate_s": round(cpu["train"] / torch.get_num_threads(), 3),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "generator_params": counts, "edge_load_s": round(load_s, 1),
     }
     print(json.dumps(result))

@@ -323,6 +323,8 @@ def test_gradients_reach_only_the_generator():
     assert all(p.grad is None for p in gen.edge_model.parameters())
     missing = [n for n, p in gen.named_parameters() if p.grad is None]
     assert missing == []
+    # row 0 is left-padded: padded positions must not leak NaN into the gradients
+    assert all(bool(torch.isfinite(p.grad).all()) for p in gen.parameters())
     assert float(gen.layer_grad_norms().min()) > 0
     assert gen.shared_grad_norm() > 0
 
@@ -509,6 +511,7 @@ def test_build_examples_labels_only_the_response():
     assert exs[0].cloud_text == cloud_text(SAMPLES[0])
     assert "i like cats ." in exs[0].cloud_text and "hello how" not in exs[0].cloud_text
     assert "what is your job ?" in exs[1].cloud_text
+    assert "hi there" not in cloud_text(SAMPLES[0], source="context", max_context_turns=1)
     # truncation is explicit
     short = build_examples(SAMPLES, tok, max_length=10)
     assert short[0].truncated and len(short[0].input_ids) == 10 and short[0].input_ids[0] == 2

@@ -60,7 +60,7 @@ def _field(sample: Any, name: str) -> Any:
 
 
 def cloud_text(sample: Any, *, system_prompt: str = DEFAULT_CLOUD_SYSTEM_PROMPT,
-               source: str = "persona_or_context") -> str:
+               source: str = "persona_or_context", max_context_turns: int = 4) -> str:
     """The text the cloud model reads for a sample: system prompt + persona (or context).
 
     Args:
@@ -69,9 +69,10 @@ def cloud_text(sample: Any, *, system_prompt: str = DEFAULT_CLOUD_SYSTEM_PROMPT,
         source (str): ``persona``; ``context``; ``persona_or_context`` (persona, or the dialogue
             context when the sample has no persona, e.g. chitchat; the default);
             ``persona_context`` (both).
+        max_context_turns (int): the last this many context turns are used. Default 4.
 
     Raises:
-        ValueError: unknown source.
+        ValueError: unknown source or ``max_context_turns < 1``.
 
     Example:
         >>> cloud_text({"persona": ("i like cats.",), "context": ("hi",)})
@@ -79,8 +80,11 @@ def cloud_text(sample: Any, *, system_prompt: str = DEFAULT_CLOUD_SYSTEM_PROMPT,
     """
     if source not in CLOUD_SOURCES:
         raise ValueError(f"cloud source must be one of {CLOUD_SOURCES}, got {source!r}")
+    if isinstance(max_context_turns, bool) or not isinstance(max_context_turns, int) \
+            or max_context_turns < 1:
+        raise ValueError(f"max_context_turns must be an int >= 1, got {max_context_turns!r}")
     persona = tuple(_field(sample, "persona") or ())
-    context = tuple(_field(sample, "context") or ())
+    context = tuple(_field(sample, "context") or ())[-max_context_turns:]
     parts = [system_prompt]
     use_persona = source in ("persona", "persona_context") or (
         source == "persona_or_context" and persona)
@@ -134,7 +138,8 @@ def build_examples(samples: Sequence[Any], edge_tokenizer, *, max_length: int = 
         truncation (str): ``left`` (default) drops the oldest prompt tokens (keeping the first,
             BOS-like token) and, if the response alone is too long, its tail; such examples get
             ``truncated=True`` and are counted in a warning. ``error`` raises instead.
-        max_context_turns (int): context turns kept by the default prompt. Default 4.
+        max_context_turns (int): context turns kept by the default prompt and the cloud text.
+            Default 4.
 
     Returns:
         list[LoRAGenExample]
@@ -174,7 +179,8 @@ def build_examples(samples: Sequence[Any], edge_tokenizer, *, max_length: int = 
         out.append(LoRAGenExample(
             sample_id=sid, input_ids=tuple(p_ids + r_ids),
             labels=tuple([-100] * len(p_ids) + r_ids),
-            cloud_text=cloud_text(sample, system_prompt=system_prompt, source=cloud_source),
+            cloud_text=cloud_text(sample, system_prompt=system_prompt, source=cloud_source,
+                                  max_context_turns=max_context_turns),
             truncated=truncated))
     if n_trunc:
         logger.warning("build_examples: %d of %d examples were truncated to max_length=%d "
