@@ -104,7 +104,7 @@ class _View:
         x = score.numpy()
         if not np.isfinite(x).all():
             raise ValueError("difficulty scores hold NaN/Inf")
-        self.order = np.argsort(x, kind="stable")  # ties keep index order
+        self.order = np.argsort(x, kind="stable").astype(np.int32)  # ties keep index order
         xs = x[self.order]
         self.sorted_pct = np.searchsorted(xs, xs, side="right") / len(xs)
         self.min_pct = float(self.sorted_pct[0])
@@ -300,6 +300,8 @@ class _CurriculumSampler(Sampler[int]):
             raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
         self.chunk_size = chunk_size
         self._n = int(self.layer_diffs.shape[0])
+        if self._n >= 2**31:
+            raise ValueError(f"at most 2**31 - 1 samples are supported, got {self._n}")
         # 9 significant digits: a sum's last bits depend on the thread count of the reduction
         self._fingerprint = [self._n, int(self.layer_diffs.shape[1]),
                              float(f"{float(self.layer_diffs.sum()):.9g}"), float(f"{float(self.scores.sum()):.9g}")]
@@ -397,7 +399,7 @@ class _CurriculumSampler(Sampler[int]):
             self._buf.clear()  # a still-running older iterator must not yield stale indices
         self._buf: list[int] | None = None
         self._it = None
-        self._after = None
+        self._chunk_pos: int | np.ndarray = 0
         self._stale = None
         self._gen_token = object()  # any running iterator stops at its next chunk
 
@@ -440,7 +442,8 @@ class _CurriculumSampler(Sampler[int]):
         perm = self._perm_cache.get(key)
         if perm is None:
             g = torch.Generator().manual_seed(_derive_seed(self.seed, self.epoch, q))
-            perm = torch.randperm(self._n, generator=g).numpy()
+            # int32 halves the memory traffic of the permutation (N < 2**31 is checked at init)
+            perm = torch.randperm(self._n, generator=g, dtype=torch.int32).numpy()
             if len(self._perm_cache) >= 2:
                 self._perm_cache.pop(next(iter(self._perm_cache)))
             self._perm_cache[key] = perm
@@ -456,7 +459,9 @@ class _CurriculumSampler(Sampler[int]):
         c = self._consumed()
         if c == 0:
             return self._chunk_w0, self._chunk_y0, self._pass_kind
-        walk = int(self._after[c - 1])
+        last = c * self.num_replicas - 1  # the last element of the c-th group of ranks
+        cp = self._chunk_pos
+        walk = (cp + last if isinstance(cp, int) else int(cp[last])) + 1
         q = walk // self._n
         kind = (q, self._chunk_kinds[q]) if q in self._chunk_kinds else None
         return walk, self._chunk_y0 + c, kind
@@ -475,7 +480,7 @@ class _CurriculumSampler(Sampler[int]):
             del self._buf[c:]  # the generator's list iterator stops here
             self._buf = None
             self._chunk_target = _MIN_CHUNK
-        # strict order follows the current score: start a new pass when the order changed
+        # a pass permutes the positions of one score's order: a new score (or strictness) needs a new pass
         q, c = divmod(self._walk, self._n)
         pk = self._pass_kind
         if pk is not None and pk[0] == q and pk[1] != self._want_kind:
@@ -508,27 +513,30 @@ class _CurriculumSampler(Sampler[int]):
                     w = (q + 1) * n
                     continue
                 end = min(c + need - got, k)
-                pos = np.arange(c, end)
+                pos = None  # contiguous
                 e = self._view(kind[2:]).order[c:end]
             else:
                 seg_len = need - got if k >= n else int((need - got) * n / k * 1.1) + 64
                 end = min(c + seg_len, n)
                 seg = self._perm(q)[c:end]
                 if k >= n:
-                    pos = None
+                    pos = None  # contiguous
                 else:
                     hit = np.flatnonzero(seg < k)
                     seg = seg[hit]
                     pos = hit + c
                 e = seg if kind is None else self._view(kind[2:]).order[seg]
             els.append(e)
-            poss.append(pos if pos is not None else np.arange(c, end))
-            poss[-1] += q * n
+            # walk positions of the drawn elements, kept for resuming: (start, None) = contiguous
+            poss.append((q * n + c, None) if pos is None else (0, pos + q * n))
             got += e.size
             w = q * n + end
         g = np.concatenate(els)[:need] if len(els) > 1 else els[0][:need]
-        pos = np.concatenate(poss)[:need] if len(poss) > 1 else poss[0][:need]
-        self._after = pos[r_n - 1::r_n] + 1
+        if len(poss) == 1 and poss[0][1] is None:
+            self._chunk_pos = poss[0][0]
+        else:
+            self._chunk_pos = np.concatenate([np.arange(a, a + e.size) if p is None else p
+                                              for (a, p), e in zip(poss, els)])[:need]
         self._chunk_w0, self._chunk_y0 = self._walk, self._yielded
         self._chunk_kinds = kinds
         self._buf = g[r::r_n].tolist()
