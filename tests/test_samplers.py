@@ -659,3 +659,16 @@ def test_view_percentiles_equal_difficulty_percentiles():
     assert np.array_equal(v.sorted_pct, np.sort(pct))
     assert np.array_equal(pct[v.order], v.sorted_pct)  # the order lists samples by rising percentile
     assert np.array_equal(v.order, np.lexsort((np.arange(200), score.numpy())))
+
+
+def test_real_difficulty_dataset_file(tmp_path):
+    from torch_curriculum import MetaTokenDifficultyDataset
+
+    raw = torch.rand(60, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * torch.arange(1, 7)
+    ds = MetaTokenDifficultyDataset.from_distances(raw, [f"s{i}" for i in range(60)], tmp_path / "d.safetensors")
+    s = EasyToHardSampler(ds, seed=0)  # the file's primary score
+    assert set(epoch_indices(s, 0)) == pool_of(ds.difficulty.numpy(), 0.33)
+    lw = LayerWiseProgressiveSampler(ds, seed=0)  # the file's normalised per-layer differences
+    assert set(epoch_indices(lw, 0)) == pool_of(np_topk_mean(ds.layer_diffs.numpy()[:, :2], 2), 0.33)
+    loader = DataLoader(ds, sampler=lw, batch_size=5, collate_fn=list)
+    assert sum(len(b) for b in loader) == len(lw)
