@@ -220,6 +220,14 @@ def test_existing_output_and_foreign_work_dir(tmp_path, pair, tok, texts):
     ds = MetaTokenDifficultyDataset.precompute(texts[:10], (cloud, tok), (edge, tok), out, _cfg(num_anchors=5),
                                                progress=False, _after_shard=ran.append)
     assert ran == [] and len(ds) == 10 and out.read_bytes() == before  # same run: just opened
+    # killed between the difficulty file and the labels: a restart only writes the labels
+    labels = tmp_path / "e.jsonl"
+    MetaTokenDifficultyDataset.precompute(texts[:10], (cloud, tok), (edge, tok), out, _cfg(num_anchors=5),
+                                          progress=False, labels_path=labels, _after_shard=ran.append)
+    assert ran == [] and [r["sample_id"] for r in read_labels(labels)[0]] == ds.sample_ids
+    with pytest.raises(FileExistsError, match="label file"):
+        MetaTokenDifficultyDataset.precompute(texts[:9], (cloud, tok), (edge, tok), tmp_path / "g.safetensors",
+                                              _cfg(num_anchors=5), progress=False, labels_path=labels)
     with pytest.raises(FileExistsError, match="another run"):
         MetaTokenDifficultyDataset.precompute(texts[:10], (cloud, tok), (edge, tok), out, _cfg(num_anchors=4),
                                               progress=False)

@@ -644,10 +644,18 @@ class MetaTokenDifficultyDataset(Dataset):
                 existing = None
             if existing is not None and existing.metadata.get("run_key") == run_key:
                 logger.info("%s already holds this run's results; opening it", path)
-                _sync_errors(None, "precompute")
+                err = None
+                if rank == 0 and labels_path is not None and not Path(labels_path).exists():
+                    try:  # a run killed between the two writes
+                        existing.write_labels(labels_path)
+                    except BaseException as e:
+                        err = e
+                _sync_errors(err, "writing labels")
                 return existing
             raise FileExistsError(f"{path} exists and holds the results of another run; pass overwrite=True "
                                   "or choose another path")
+        if labels_path is not None and Path(labels_path).exists() and not overwrite:
+            raise FileExistsError(f"label file {labels_path} exists; pass overwrite=True or choose another path")
 
         # -- shards
         n_shards = math.ceil(n / shard_size)
@@ -675,7 +683,10 @@ class MetaTokenDifficultyDataset(Dataset):
                 c_vec = cloud_ex.extract(_prompts_for(chunk, cloud_ex, mt, dialogue, use_chat_template))
                 e_vec = edge_ex.extract(_prompts_for(chunk, edge_ex, mt, dialogue, use_chat_template),
                                         progress=bar.update if bar is not None else None)
-                write_safetensors(work / f"shard_{i:06d}.safetensors", {"cloud": c_vec, "edge": e_vec},
+                # layer-major [L, n, d]: the merge reads one layer of every shard contiguously
+                write_safetensors(work / f"shard_{i:06d}.safetensors",
+                                  {"cloud": c_vec.transpose(0, 1).contiguous(),
+                                   "edge": e_vec.transpose(0, 1).contiguous()},
                                   {"format": _SHARD_SCHEMA, "shard_key": shard_key, "shard": str(i),
                                    "start": str(lo), "stop": str(hi)})
                 if _after_shard is not None:
@@ -694,7 +705,7 @@ class MetaTokenDifficultyDataset(Dataset):
                 tensors, meta = _merge(work, n_shards, ids, cfg, info, inputs, fingerprint, run_key)
                 write_safetensors(path, tensors, meta)
                 if labels_path is not None:
-                    cls(path).write_labels(labels_path, overwrite=True)
+                    cls(path).write_labels(labels_path, overwrite=overwrite)
                 if not keep_work_dir:
                     shutil.rmtree(work, ignore_errors=True)
             except BaseException as e:
@@ -764,15 +775,16 @@ def _merge(work: Path, n_shards: int, ids: list[str], cfg: CurriculumConfig, inf
         shards.append((p, header, start))
     c_shape = shards[0][1]["cloud"]["shape"]
     e_shape = shards[0][1]["edge"]["shape"]
-    n_cloud, n_edge = int(c_shape[1]), int(e_shape[1])
+    n_cloud, n_edge = int(c_shape[0]), int(e_shape[0])
     layer_map = resolve_layer_map(mt.layer_map, n_edge, n_cloud)
     if mt.top_k > n_edge:
         raise ValueError(f"meta_token.top_k={mt.top_k} exceeds the {n_edge} compared (edge) layers")
     n = len(ids)
     c_arr = [_memmap(p, h, s, "cloud") for p, h, s in shards]
     e_arr = [_memmap(p, h, s, "edge") for p, h, s in shards]
-    if sum(a.shape[0] for a in e_arr) != n:
-        raise DifficultyFileError(f"work dir {work}: shards hold {sum(a.shape[0] for a in e_arr)} samples, expected {n}")
+    held = sum(a.shape[1] for a in e_arr)
+    if held != n or sum(a.shape[1] for a in c_arr) != n:
+        raise DifficultyFileError(f"work dir {work}: shards hold {held} samples, expected {n}")
     align = mt.alignment
     extra: dict[str, Any] = {}
     align_info: dict[str, Any] = {"method": align}
@@ -796,8 +808,8 @@ def _merge(work: Path, n_shards: int, ids: list[str], cfg: CurriculumConfig, inf
                           space="standardised cloud space, cross-fitted (fit on the other folds)")
     raw = torch.empty(n, n_edge, dtype=torch.float64)
     for j, m in enumerate(layer_map):
-        c = torch.from_numpy(np.concatenate([a[:, m, :] for a in c_arr]))
-        e = torch.from_numpy(np.concatenate([a[:, j, :] for a in e_arr]))
+        c = torch.from_numpy(np.concatenate([a[m] for a in c_arr]))
+        e = torch.from_numpy(np.concatenate([a[j] for a in e_arr]))
         for side, x in (("cloud", c), ("edge", e)):
             bad = (~torch.isfinite(x)).any(dim=1)
             if bool(bad.any()):

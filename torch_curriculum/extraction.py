@@ -125,7 +125,8 @@ class MetaTokenExtractor:
         max_length (int): token budget per prompt (meta tokens not counted). Defaults to 512.
         truncation (str): ``"error"`` (default: a longer prompt is an error naming it) or ``"left"``
             (drop the oldest non-system tokens; logged and listed in ``last_truncated``).
-        device (str | torch.device | None): where to run; None = the model's device.
+        device (str | torch.device | None): where the inputs go; the model must already be there
+            (it is not moved). None = the device of the model's parameters.
         dtype (torch.dtype | None): autocast dtype on CUDA (None = bfloat16); ignored on CPU, where
             the model runs in its own dtype.
         padding_side (str | None): ``"left"`` / ``"right"``; None = the tokenizer's (or right).
