@@ -330,9 +330,13 @@ class LoRAGenerator(nn.Module):
         bsz, k = idx.shape
         if x.shape[0] != bsz:
             raise RuntimeError(f"edge input batch {x.shape[0]} != routed batch {bsz}")
-        r = self.config.rank
-        a = bank.A[idx].permute(0, 2, 1, 3).reshape(bsz, -1, k * r)        # [B, d_in, K r]
-        b = bank.B[idx].reshape(bsz, k * r, -1)                            # [B, K r, d_out]
+        r, n = self.config.rank, self.config.n_experts
+        # Gather the kept experts with a one-hot matmul: its backward is a small matmul, while the
+        # backward of advanced indexing (index_put with accumulate) costs ~10% of a CPU step.
+        onehot = F.one_hot(idx.reshape(-1), n).to(bank.A.dtype)            # [B K, n]
+        a = (onehot @ bank.A.reshape(n, -1)).view(bsz, k, -1, r)
+        a = a.permute(0, 2, 1, 3).reshape(bsz, -1, k * r)                  # [B, d_in, K r]
+        b = (onehot @ bank.B.reshape(n, -1)).view(bsz, k * r, -1)          # [B, K r, d_out]
         h = torch.bmm(x.reshape(bsz, -1, x.shape[-1]).to(a.dtype), a)     # [B, T, K r]
         h = h * gates.repeat_interleave(r, dim=1).to(h.dtype)[:, None, :]
         out = torch.bmm(h, b)
