@@ -35,6 +35,22 @@ from torch_curriculum.loragen import (
 )
 
 VOCAB = 64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(request):
+    """The tiny models gain nothing from threads, and on a shared 2-core machine OpenMP threads
+    fighting other jobs made this file 40x slower; the integration test keeps the default."""
+    if request.node.get_closest_marker("integration"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 D_CLOUD = 24
 SMALL = dict(n_experts=4, top_k=2, rank=4, meta_dim=16, num_query_heads=2, router_hidden=8)
 
