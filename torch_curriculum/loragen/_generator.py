@@ -176,6 +176,9 @@ class LoRAGenerator(nn.Module):
     and running statistics in eval mode, for a batch of one, and for layers whose router is frozen
     (``requires_grad=False``), so a frozen layer's whole state stays fixed.
 
+    Generator parameters are created on the edge model's device (move the edge model first);
+    cloud states are moved to that device when routed.
+
     Args:
         edge_model (nn.Module): a Hugging Face causal LM (llama, qwen2, …) with
             ``get_decoder().layers[i].mlp.<target>`` linear layers.
@@ -265,9 +268,11 @@ class LoRAGenerator(nn.Module):
             raise ValueError(f"cloud_states must be [B, T_c, {self.cloud_hidden_size}], got "
                              f"{tuple(cloud_states.shape)}")
         bsz, t_c, _ = cloud_states.shape
+        param = self.cloud_kv.weight
+        cloud_states = cloud_states.to(device=param.device, dtype=param.dtype)
         if cloud_mask is None:
-            cloud_mask = torch.ones(bsz, t_c, dtype=torch.bool, device=cloud_states.device)
-        cloud_mask = cloud_mask.to(device=cloud_states.device).bool()
+            cloud_mask = torch.ones(bsz, t_c, dtype=torch.bool, device=param.device)
+        cloud_mask = cloud_mask.to(device=param.device).bool()
         if cloud_mask.shape != (bsz, t_c):
             raise ValueError(f"cloud_mask must be [{bsz}, {t_c}], got {tuple(cloud_mask.shape)}")
         empty = (~cloud_mask.any(dim=1)).nonzero().flatten().tolist()
@@ -275,8 +280,7 @@ class LoRAGenerator(nn.Module):
             raise ValueError(f"cloud_mask has no real token for batch rows {empty}")
         cfg = self.config
         h, dh = cfg.num_query_heads, cfg.meta_dim // cfg.num_query_heads
-        param = self.cloud_kv.weight
-        kv = self.cloud_kv(self.cloud_norm(cloud_states.to(param.dtype)))
+        kv = self.cloud_kv(self.cloud_norm(cloud_states))
         k, v = kv.view(bsz, t_c, 2, h, dh).permute(2, 0, 3, 1, 4)          # [B, H, T_c, dh] each
         q = torch.stack([layer.query for layer in self.layers])            # [L, D]
         q = q.view(self.num_layers, h, dh).transpose(0, 1)                 # [H, L, dh]
