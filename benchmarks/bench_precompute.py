@@ -11,7 +11,9 @@ CSV when present, else chitchat), edge = SmolLM2-135M, cloud = Qwen2.5-Coder-0.5
 * ``naive``: one sample at a time, ``model(**inputs, output_hidden_states=True)`` with the LM head,
   then a masked mean per layer; target precompute >= 3x faster.
 
-Best of ``--repeats`` for precompute and bare (alternated, so load changes hit both); naive once.
+Best of ``--repeats`` rounds; each round times bare, precompute and (in the first
+``--naive-repeats`` rounds) naive one after the other, so load changes on a shared machine hit all.
+On a busy machine ``--threads 1`` avoids OpenMP spin-wait stalls that blur the comparison.
 The last line of output is one JSON object.
 
 Usage:
@@ -75,6 +77,7 @@ def main() -> None:
     ap.add_argument("--max-context-turns", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--naive-repeats", type=int, default=1, help="rounds that also time the naive loop")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -102,7 +105,7 @@ def main() -> None:
     # warm-up: first calls pay lazy imports and allocator growth
     bare_forward([(ex, bl[:1]) for ex, bl in batches])
 
-    t_bare, t_pre = float("inf"), float("inf")
+    t_bare, t_pre, t_naive = float("inf"), float("inf"), float("inf")
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             t_bare = min(t_bare, bare_forward(batches))
@@ -110,7 +113,8 @@ def main() -> None:
             t0 = time.perf_counter()
             MetaTokenDifficultyDataset.precompute(samples, cloud, edge, out, cfg, progress=False)
             t_pre = min(t_pre, time.perf_counter() - t0)
-    t_naive = naive((cloud, edge), prompts)
+            if r < args.naive_repeats:
+                t_naive = min(t_naive, naive((cloud, edge), prompts))
 
     n = len(samples)
     result = {
