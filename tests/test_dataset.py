@@ -448,3 +448,11 @@ def test_open_memory_maps_without_reading(tmp_path):
     total = float(ld.sum())  # touching every page makes it resident: the measurement can see reads
     touched = _rss_mb()
     assert total > 0 and touched - opened > 0.6 * n * L * 8 / 2**20, (opened, touched)
+
+
+def test_progress_bar_reports_samples_per_second(tmp_path, pair, tok, texts, capfd):
+    cloud, edge = pair
+    MetaTokenDifficultyDataset.precompute(texts[:8], (cloud, tok), (edge, tok), tmp_path / "p.safetensors",
+                                          _cfg(num_anchors=4), shard_size=4)
+    err = capfd.readouterr().err
+    assert "precompute meta tokens" in err and "8/8" in err and "sample/s" in err
