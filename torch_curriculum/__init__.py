@@ -34,6 +34,9 @@ _LAZY = {
     "LayerSpecificSampler": "torch_curriculum.samplers",
     "HybridSampler": "torch_curriculum.samplers",
     "PacingCallback": "torch_curriculum.callbacks",
+    "CurriculumTrainer": "torch_curriculum.callbacks",
+    "attach_curriculum": "torch_curriculum.callbacks",
+    "DifficultyFileError": "torch_curriculum.dataset",
     "LayerMaskScheduler": "torch_curriculum.callbacks",
 }
 
@@ -62,6 +65,9 @@ __all__ = [
     "PacingCallback",
     "RandomOrderSampler",
     "build_sampler",
+    "CurriculumTrainer",
+    "attach_curriculum",
+    "DifficultyFileError",
 ]
 
 
@@ -79,8 +85,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .callbacks import LayerMaskScheduler, PacingCallback
-    from .dataset import MetaTokenDifficultyDataset
+    from .callbacks import CurriculumTrainer, LayerMaskScheduler, PacingCallback, attach_curriculum
+    from .dataset import DifficultyFileError, MetaTokenDifficultyDataset
     from .extraction import MetaTokenExtractor
     from .samplers import (
         DynamicPacingSampler,

