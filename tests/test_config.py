@@ -96,3 +96,22 @@ def test_hand_edits_are_revalidated():
     cfg.curriculum.num_stages = 5
     with pytest.raises(ConfigError, match="curriculum.num_stages"):
         cfg.validate()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_yaml_opens_with_the_command_that_runs_it(path):
+    # the leading comment block must hold a "Run: <command>" line naming a real entry point
+    header = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("#").strip())
+    assert header, f"{path.name} does not open with a comment"
+    runs = [h[len("Run:"):].strip() for h in header if h.startswith("Run:")]
+    assert runs, f"{path.name}: no 'Run: <command>' line in its opening comment {header}"
+    command = runs[0]
+    assert command.split()[0] in ("python", "torchrun", "bash", "make"), command
+    scripts = [w for w in command.split() if w.endswith((".py", ".sh"))]
+    assert all((ROOT / s).is_file() for s in scripts), f"{path.name}: {command!r} names a missing script"
+    if "--config" in command:  # a command that passes a config must pass this one
+        assert path.relative_to(ROOT).as_posix() in command, command
