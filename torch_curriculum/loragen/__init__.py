@@ -29,7 +29,7 @@ from ._generator import (
     edge_decoder_layers,
     keep_topk_softmax,
 )
-from ._train import TrainResult, evaluate_loss, train_generator
+from ._train import TrainResult, evaluate_loss, evaluate_per_sample_loss, train_generator
 
 # The regex LayerMaskScheduler needs to find a generator layer's index in a parameter name.
 LAYER_PATTERN = r"^layers\.(\d+)\."
@@ -53,6 +53,7 @@ __all__ = [
     "edge_decoder_layers",
     "encode_cloud",
     "evaluate_loss",
+    "evaluate_per_sample_loss",
     "keep_topk_softmax",
     "pad_states",
     "train_generator",

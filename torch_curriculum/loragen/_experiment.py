@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,8 @@ def run_strategy(strategy: str, *, edge_model: nn.Module, data: GeneratorData, d
                  config: Any, steps: int, batch_size: int = 8, lr: float = 2e-3, eval_every: int = 10,
                  seed: int = 0, generator_config: LoRAGenConfig | None = None,
                  log_path: str | Path | None = None, sampler_overrides: dict[str, Any] | None = None,
-                 run_info: dict[str, Any] | None = None, progress: bool = False) -> TrainResult:
+                 run_info: dict[str, Any] | None = None, progress: bool = False,
+                 on_trained: Callable[[LoRAGenerator, TrainResult], None] | None = None) -> TrainResult:
     """Train a freshly initialised generator under one curriculum strategy.
 
     The generator is initialised from ``seed`` (identically for every strategy), the sampler comes
@@ -120,6 +121,9 @@ def run_strategy(strategy: str, *, edge_model: nn.Module, data: GeneratorData, d
         sampler_overrides (dict | None): extra sampler keyword arguments.
         run_info (dict | None): extra fields for the log's first record.
         progress (bool): tqdm bar over steps. Defaults to False.
+        on_trained (Callable | None): ``f(generator, result)`` called after training, while the
+            trained generator is still attached to the edge model (e.g. to score every training
+            sample with it). Defaults to None.
 
     Returns:
         TrainResult
@@ -149,10 +153,13 @@ def run_strategy(strategy: str, *, edge_model: nn.Module, data: GeneratorData, d
         info = {"strategy": strategy, "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
                 "curriculum": cfg.to_dict(), "generator": dataclasses.asdict(generator.config),
                 **(run_info or {})}
-        return train_generator(generator, data.train, sampler=sampler, collate_fn=data.collate,
-                               val_dataset=data.val, test_dataset=data.test, steps=steps,
-                               batch_size=batch_size, lr=lr, eval_every=eval_every, pacing_callback=pacing,
-                               layer_mask_scheduler=sched, log_path=log_path, seed=seed, progress=progress,
-                               run_info=info)
+        result = train_generator(generator, data.train, sampler=sampler, collate_fn=data.collate,
+                                 val_dataset=data.val, test_dataset=data.test, steps=steps,
+                                 batch_size=batch_size, lr=lr, eval_every=eval_every, pacing_callback=pacing,
+                                 layer_mask_scheduler=sched, log_path=log_path, seed=seed, progress=progress,
+                                 run_info=info)
+        if on_trained is not None:
+            on_trained(generator, result)
+        return result
     finally:
         generator.remove_hooks()

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ._generator import LoRAGenerator
 
-__all__ = ["TrainResult", "evaluate_loss", "train_generator"]
+__all__ = ["TrainResult", "evaluate_loss", "evaluate_per_sample_loss", "train_generator"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,35 @@ def evaluate_loss(generator: LoRAGenerator, dataset: Dataset, collate_fn: Callab
     if tokens == 0:
         raise ValueError("evaluation dataset has no response tokens")
     return total / tokens
+
+
+@torch.inference_mode()
+def evaluate_per_sample_loss(generator: LoRAGenerator, dataset: Dataset, collate_fn: Callable, *,
+                             batch_size: int = 8) -> list[float]:
+    """Mean LM loss per example (over its response tokens), in eval mode, in dataset order.
+
+    Args:
+        generator (LoRAGenerator): the generator (its train/eval mode is restored afterwards).
+        dataset (Dataset): items for ``collate_fn`` (which must return ``indices``).
+        collate_fn (Callable): e.g. :class:`LoRAGenCollator`.
+        batch_size (int): Default 8.
+
+    Returns:
+        list[float]: entry i is the loss of ``dataset[i]``.
+    """
+    was_training = generator.training
+    generator.eval()
+    device = next(generator.parameters()).device
+    out = [math.nan] * len(dataset)
+    try:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
+        for batch in loader:
+            res = generator(**_to(batch, device))
+            for idx, loss in zip(batch["indices"].tolist(), res.per_sample_loss.tolist()):
+                out[idx] = float(loss)
+    finally:
+        generator.train(was_training)
+    return out
 
 
 @dataclass
@@ -253,6 +282,7 @@ def train_generator(generator: LoRAGenerator, train_dataset: Dataset, *, sampler
                       "lm_loss": lm, "balance_loss": float(out.balance_loss.detach()),
                       "samples_seen": result.samples_seen, "tokens": out.n_tokens,
                       "indices": indices,
+                      "per_sample_loss": [round(float(x), 6) for x in out.per_sample_loss.tolist()],
                       "wall_time": time.perf_counter() - t0,
                       "lr": optimizer.param_groups[0]["lr"],
                       "sampler_state": _jsonable(getattr(sampler, "state", None)),
