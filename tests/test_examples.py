@@ -138,3 +138,34 @@ def test_torchrun_precompute_equals_one_process(bundled_models, tmp_path):
 
     assert ds.sample_ids == [s.sample_id for s in load_chitchat(split="train")[:8]]
     assert not (tmp_path / "dist" / "difficulty.safetensors.work").exists()  # shards merged and removed
+
+
+def test_hf_trainer_example_scores_its_own_samples_when_no_file_is_given(bundled_models, tmp_path):
+    from torch_curriculum.bundled import load_chitchat
+
+    rc, _ = _run_main("hf_trainer_curriculum", [
+        "--max-samples", "8", "--strategy", "random", "--max-steps", "2", "--batch-size", "4",
+        "--max-length", "96", "--out", str(tmp_path)])
+    assert rc == 0
+    diff = MetaTokenDifficultyDataset(tmp_path / "difficulty.safetensors")
+    assert diff.sample_ids == [s.sample_id for s in load_chitchat(split="train")[:8]]
+    read_labels(tmp_path / "labels.jsonl")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["strategy"] == "random" and summary["layers_trained"] == list(range(30))
+    assert [rec["curriculum/pool_size"] for rec in summary["curriculum_log"]] == [8, 8]
+
+
+def test_hf_trainer_example_rejects_a_file_of_other_samples(bundled_models, tmp_path):
+    from torch_curriculum.bundled import load_chitchat
+    from torch_curriculum.dataset import DifficultyFileError
+
+    main = _example("hf_trainer_curriculum").main
+    ids = [s.sample_id for s in load_chitchat(split="train")[:6]]
+    raw = torch.rand(6, 30, generator=torch.Generator().manual_seed(0))
+    unknown = MetaTokenDifficultyDataset.from_distances(raw, [f"other_{i}" for i in range(6)], tmp_path / "a.safetensors")
+    with pytest.raises(ValueError, match=r"a\.safetensors: 6 of its 6 sample ids are not in"):
+        main(["--difficulty", str(unknown.path), "--out", str(tmp_path / "o1")])
+    # right ids, but the file was computed from other texts (its fingerprint is not these samples')
+    other = MetaTokenDifficultyDataset.from_distances(raw, ids, tmp_path / "b.safetensors")
+    with pytest.raises(DifficultyFileError, match="fingerprint"):
+        main(["--difficulty", str(other.path), "--out", str(tmp_path / "o2")])
