@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import hashlib
 import json
 import logging
 import platform
@@ -387,7 +389,7 @@ def precompute_difficulty(cfg: Mapping[str, Any], train: Sequence[Any], models: 
 
 def compute_signals(cfg: Mapping[str, Any], train: Sequence[Any], models: Mapping[str, Any],
                     out: Path, fingerprint: str) -> dict[str, np.ndarray]:
-    """The cheap signals (cached in ``signals.npz`` for this data fingerprint)."""
+    """The cheap signals (cached in ``signals.npz`` under ``fingerprint``: samples, models, lengths)."""
     from torch_curriculum import signals as sig
 
     path = out / "signals.npz"
@@ -419,19 +421,38 @@ def compute_signals(cfg: Mapping[str, Any], train: Sequence[Any], models: Mappin
 # ---------------------------------------------------------------------------------------------
 
 
-def _log_complete(path: Path, *, need_test: bool, need_eval: bool) -> bool:
-    """A finished run: its log has an ``end`` record (and ``test`` / ``per_sample_eval`` if needed)."""
+# Run settings a finished log must share with the current preset to be reused.
+_RESUME_KEYS = ("steps", "batch_size", "lr", "seed", "data_fingerprint", "difficulty_fingerprint", "generator",
+                "curriculum", "sampler_strategy")
+
+
+def _log_complete(path: Path, expected: Mapping[str, Any], *, need_test: bool, need_eval: bool) -> bool:
+    """A finished run: its log has an ``end`` record (and ``test`` / ``per_sample_eval`` if needed).
+
+    Raises:
+        PresetError: a finished log of a run with other settings (``expected``): resuming would mix
+            two experiments, and overwriting it silently would lose a finished run.
+    """
     if not path.is_file():
         return False
-    kinds = set()
+    kinds, run = set(), {}
     try:
         with open(path, encoding="utf-8") as fh:
             for line in fh:
                 if line.strip():
-                    kinds.add(json.loads(line).get("type"))
+                    rec = json.loads(line)
+                    kinds.add(rec.get("type"))
+                    if rec.get("type") == "run":
+                        run = rec
     except (json.JSONDecodeError, AttributeError):
         return False
-    return "end" in kinds and (not need_test or "test" in kinds) and (not need_eval or "per_sample_eval" in kinds)
+    done = "end" in kinds and (not need_test or "test" in kinds) and (not need_eval or "per_sample_eval" in kinds)
+    if done:
+        for key in _RESUME_KEYS:
+            if key in expected and json.dumps(run.get(key), sort_keys=True) != json.dumps(expected[key], sort_keys=True):
+                raise PresetError(f"{path} is a finished run with another {key!r} ({run.get(key)!r}, the preset now "
+                                  f"gives {expected[key]!r}); use another --out or delete the old results")
+    return done
 
 
 def _run_plan(cfg: Mapping[str, Any]) -> list[tuple[int, str]]:
@@ -469,14 +490,19 @@ def train_all(cfg: Mapping[str, Any], data: Any, edge: Any, difficulty: MetaToke
     for i, (seed, name) in enumerate(plan):
         log_path = out / "runs" / name / f"seed{seed}.jsonl"
         is_random = name == "random"
-        if _log_complete(log_path, need_test=data.test is not None, need_eval=is_random):
-            skipped += 1
-            continue
         if name in CONTROLS:
             strategy, table = "easy_to_hard", _control_table(name, signals, difficulty.difficulty)
             overrides = {"top_k": 1}
         else:
             strategy, table, overrides = name, difficulty, None
+        cur = ccfg.to_dict()
+        cur["curriculum"]["strategy"], cur["training"]["seed"] = strategy, seed
+        expected = {"steps": tr["steps"], "batch_size": tr["batch_size"], "lr": float(tr["lr"]), "seed": seed,
+                    "generator": dataclasses.asdict(gen_cfg), "curriculum": cur, "sampler_strategy": strategy,
+                    **{k: v for k, v in run_info.items() if k.endswith("fingerprint")}}
+        if _log_complete(log_path, expected, need_test=data.test is not None, need_eval=is_random):
+            skipped += 1
+            continue
 
         def after(generator: Any, result: Any, log_path: Path = log_path) -> None:
             # H1's second target: every training sample's loss under the trained random-order generator
@@ -597,7 +623,11 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
     primary = files[(mt.pooling, mt.distance_metric)]
 
     t0 = time.perf_counter()
-    cheap = compute_signals(cfg, train, models, out, fp)
+    mt0 = _curriculum_config(cfg).meta_token
+    signal_key = hashlib.sha256(json.dumps({"samples": fp, "models": models["info"], "max_length": cfg["data"]["max_length"],
+                                            "max_context_turns": mt0.max_context_turns}, sort_keys=True,
+                                           default=str).encode()).hexdigest()
+    cheap = compute_signals(cfg, train, models, out, signal_key)
     timings["signals_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -612,7 +642,8 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
 
     t0 = time.perf_counter()
     run_info = {"preset": cfg["preset"], "data": data_desc, "data_fingerprint": fp,
-                "difficulty_file": str(Path(primary.path).relative_to(out))}
+                "difficulty_file": str(Path(primary.path).relative_to(out)),
+                "difficulty_fingerprint": primary.metadata.get("run_key")}
     trained, skipped = train_all(cfg, data, edge, primary, cheap, out, run_info)
     timings["training_s"] = time.perf_counter() - t0
 

@@ -68,9 +68,11 @@ def test_response_lengths_truncation_and_errors():
     tok = make_tokenizer()
     pairs = [("hello there", "i like cats"), ("hi", "we love music and play guitar every day")]
     np.testing.assert_array_equal(signals.response_lengths(tok, pairs), [4, 9])  # words + EOS
-    seqs = signals.tokenize_pairs(tok, pairs, max_length=6)
-    assert all(len(ids) <= 6 for ids, _ in seqs)
-    assert seqs[0][0][0] == tok.bos_token_id and seqs[0][1] == 2   # BOS kept, prompt cut from the left
+    long = [("hello there i like dogs and cats and music", "we love music and play guitar every day")]
+    (ids, n_prompt), = signals.tokenize_pairs(tok, long, max_length=12)
+    assert len(ids) == 12 and n_prompt == 8 and ids[0] == tok.bos_token_id  # BOS kept, prompt cut from the left
+    assert ids[1:n_prompt] == tok("i like dogs and cats and music", add_special_tokens=False)["input_ids"]
+    assert ids[n_prompt:] == tok(" we love music and", add_special_tokens=False)["input_ids"]  # tail cut
     with pytest.raises(ValueError, match="sample 1: the response is empty"):
         signals.response_losses(make_model(), tok, [("a", "b"), ("a", "  ")])
     with pytest.raises(ValueError, match="sample 0: expected a"):
@@ -94,7 +96,7 @@ def _preset(data: Path) -> dict:
     cfg = convergence.load_preset(ROOT / "benchmarks" / "configs" / "smoke.yaml")
     cfg = copy.deepcopy(cfg)
     cfg["data"]["source"] = str(data)
-    cfg["data"].update(train_samples=20, val_samples=4, test_samples=4)
+    cfg["data"].update(train_samples=20, val_samples=4, test_samples=4, max_length=24)  # some are truncated
     cfg["strategies"] = ["random", "easy_to_hard"]
     cfg["controls"] = ["ctrl_length"]
     cfg["training"]["steps"] = 4
@@ -139,6 +141,11 @@ def test_runner_end_to_end_then_resume(tmp_path):
     recs = [json.loads(line) for line in (out / "runs" / "random" / "seed1.jsonl").read_text().splitlines()]
     assert all(len(r["per_sample_loss"]) == len(r["indices"]) for r in recs if r["type"] == "train")
     assert len(next(r for r in recs if r["type"] == "per_sample_eval")["loss"]) == 20
+    # the bare edge loss is the zero-initialised generator's loss on the same tokens (same prompt
+    # layout and truncation): compare with the per-sample losses of the first training step
+    edge_loss = np.load(out / "arrays" / "h1_samples.npz")["edge_loss_before"]
+    step1 = next(r for r in recs if r["type"] == "train" and r["step"] == 1)
+    np.testing.assert_allclose(edge_loss[step1["indices"]], step1["per_sample_loss"], rtol=1e-4)
 
     # resume: nothing is retrained, the logs are untouched
     logs = sorted((out / "runs").rglob("*.jsonl"))
@@ -152,6 +159,11 @@ def test_runner_end_to_end_then_resume(tmp_path):
     third = convergence.run_preset(cfg, out, report=False)
     assert third["runs_trained"] == 1
     assert '"type": "test"' in cut.read_text()
+    # finished runs of other settings are neither reused nor silently overwritten
+    other = copy.deepcopy(cfg)
+    other["training"]["lr"] = 0.01
+    with pytest.raises(convergence.PresetError, match="finished run with another 'lr'"):
+        convergence.run_preset(other, out, report=False)
 
 
 def test_preset_loader_names_bad_keys(tmp_path):

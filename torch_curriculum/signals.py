@@ -82,8 +82,9 @@ def tokenize_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], *, with_pro
         pairs (Sequence[tuple[str, str]]): ``(prompt, response)``.
         with_prompt (bool): Default True.
         add_eos (bool): append EOS to the response (when the tokenizer has one). Default True.
-        max_length (int | None): cut the prompt from the left (keeping its first token) and then the
-            response's tail to fit. Default None (no limit).
+        max_length (int | None): token limit, applied as ``build_examples`` does: the prompt is cut
+            from the left (keeping its first token and at least 8 tokens), then the response's tail.
+            Default None (no limit).
 
     Returns:
         list[tuple[list[int], int]]: ``(ids, n_prompt_tokens)`` per sample.
@@ -92,8 +93,8 @@ def tokenize_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], *, with_pro
         ValueError: a malformed pair, or ``max_length`` < 2.
     """
     pairs = _check_pairs(pairs)
-    if max_length is not None and max_length < 2:
-        raise ValueError(f"max_length must be >= 2, got {max_length}")
+    if max_length is not None and max_length < 8:
+        raise ValueError(f"max_length must be >= 8 (as in build_examples), got {max_length}")
     eos = getattr(tokenizer, "eos_token_id", None) if add_eos else None
     out = []
     for prompt, response in pairs:
@@ -102,9 +103,11 @@ def tokenize_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], *, with_pro
         if eos is not None:
             r_ids.append(int(eos))
         if max_length is not None and len(p_ids) + len(r_ids) > max_length:
-            keep_prompt = min(len(p_ids), max(1, max_length - len(r_ids)))
-            p_ids = p_ids[:1] + p_ids[len(p_ids) - (keep_prompt - 1):]
-            r_ids = r_ids[: max_length - len(p_ids)]
+            # exactly build_examples' rule: keep >= 8 prompt tokens (its first, BOS-like, one included)
+            # and cut the response's tail if it alone is too long
+            keep_prompt = max(min(len(p_ids), 8), max_length - len(r_ids))
+            r_ids = r_ids[: max_length - keep_prompt]
+            p_ids = p_ids[:1] + p_ids[len(p_ids) - (keep_prompt - 1):] if keep_prompt > 1 else p_ids[:1]
         out.append((p_ids + r_ids, len(p_ids)))
     return out
 
