@@ -189,3 +189,27 @@ def test_cli_reports_a_bad_preset(tmp_path, capsys):
     p.write_text("preset: x\nseeds: [0]\nbogus: 1\n")
     assert convergence.main(["--config", str(p)]) == 2
     assert "bogus: unknown key" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_runner_on_the_bundled_models(tmp_path):
+    # the cpu preset shrunk to seconds of training: real SmolLM2 / Qwen2.5 tokenizers and chitchat
+    pytest.importorskip("gguf")
+    cfg = copy.deepcopy(convergence.load_preset(ROOT / "benchmarks" / "configs" / "cpu.yaml"))
+    cfg.update(seeds=[0], strategies=["random"], controls=["ctrl_edge_loss"], threads=None)
+    cfg["data"].update(train_samples=8, val_samples=2, test_samples=2)
+    cfg["training"].update(steps=2, eval_every=1)
+    cfg["h1"].update(metrics=["l2"], poolings=["mean"], n_boot=20)
+    cfg["curriculum"]["meta_token"]["num_anchors"] = 4
+    cfg["curriculum"]["training"].update(steps_per_epoch=1, curriculum_end_epoch=2)
+    out = tmp_path / "cpu"
+    summary = convergence.run_preset(convergence.validate_preset(cfg), out, plots=False)
+    assert summary["runs_trained"] == 2
+    doc = _results.load_results(out)
+    assert doc["provenance"]["models"]["edge"]["layers"] == 30
+    assert doc["provenance"]["models"]["cloud"]["layers"] == 24
+    # bare edge loss == the zero-initialised generator's first-step loss on real tokenizers
+    edge_loss = np.load(out / "arrays" / "h1_samples.npz")["edge_loss_before"]
+    recs = [json.loads(line) for line in (out / "runs" / "random" / "seed0.jsonl").read_text().splitlines()]
+    step1 = next(r for r in recs if r["type"] == "train" and r["step"] == 1)
+    np.testing.assert_allclose(edge_loss[step1["indices"]], step1["per_sample_loss"], rtol=1e-3)
