@@ -567,6 +567,16 @@ def test_encode_cloud_and_cache(tmp_path):
         other.batch(["unknown text"])
     with pytest.raises(ValueError, match="max_length"):
         encode_cloud(cloud, tok, texts, max_length=3)
+    # keep_prefix: an over-long text keeps its first tokens and its newest ones, nothing else
+    ids = tok(texts[0])["input_ids"]
+    cut, cmask = encode_cloud(cloud, tok, [texts[0]], max_length=5, keep_prefix=2)
+    kept = torch.tensor([ids[:2] + ids[-3:]])
+    with torch.no_grad():
+        ref = cloud.model(input_ids=kept).last_hidden_state[0]
+    assert int(cmask.sum()) == 5
+    torch.testing.assert_close(cut[0], ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="keep_prefix must lie"):
+        encode_cloud(cloud, tok, texts, max_length=5, keep_prefix=5)
 
 
 def test_real_curriculum_sampler_pacing_and_layer_mask(tmp_path):

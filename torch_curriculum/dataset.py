@@ -680,9 +680,13 @@ class MetaTokenDifficultyDataset(Dataset):
             for i in todo:
                 lo, hi = i * shard_size, min(n, (i + 1) * shard_size)
                 chunk = samples[lo:hi]
-                c_vec = cloud_ex.extract(_prompts_for(chunk, cloud_ex, mt, dialogue, use_chat_template))
+                # each model's pass is half of a sample's work, so the bar (and its samples/s)
+                # moves during the cloud pass too
+                half = (lambda k: bar.update(k / 2)) if bar is not None else None
+                c_vec = cloud_ex.extract(_prompts_for(chunk, cloud_ex, mt, dialogue, use_chat_template),
+                                         progress=half)
                 e_vec = edge_ex.extract(_prompts_for(chunk, edge_ex, mt, dialogue, use_chat_template),
-                                        progress=bar.update if bar is not None else None)
+                                        progress=half)
                 # layer-major [L, n, d]: the merge reads one layer of every shard contiguously
                 write_safetensors(work / f"shard_{i:06d}.safetensors",
                                   {"cloud": c_vec.transpose(0, 1).contiguous(),

@@ -16,16 +16,29 @@ __all__ = ["CloudStateCache", "encode_cloud", "pad_states"]
 logger = logging.getLogger(__name__)
 
 
-def _token_ids(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    ids = []
+def _token_ids(tokenizer, texts: Sequence[str], max_length: int,
+               keep_prefix: int | None = None) -> list[list[int]]:
+    """Token ids per text; over ``max_length`` is an error, or (``keep_prefix`` given) a left cut
+    that keeps the first ``keep_prefix`` tokens (the system prompt) and the newest text, counted
+    in a warning."""
+    if keep_prefix is not None and not 0 <= keep_prefix < max_length:
+        raise ValueError(f"keep_prefix must lie in [0, max_length={max_length}), got {keep_prefix}")
+    ids, n_cut = [], 0
     for j, text in enumerate(texts):
         if not isinstance(text, str) or not text:
             raise ValueError(f"cloud text {j} must be a non-empty str, got {text!r}")
         row = list(tokenizer(text, add_special_tokens=True)["input_ids"])
         if len(row) > max_length:
-            raise ValueError(f"cloud text {j} has {len(row)} tokens > max_length={max_length}; "
-                             "raise max_length or shorten the persona (no silent truncation)")
+            if keep_prefix is None:
+                raise ValueError(f"cloud text {j} has {len(row)} tokens > max_length={max_length}; "
+                                 "raise max_length, shorten the persona or pass keep_prefix= to cut "
+                                 "the oldest context (no silent truncation)")
+            row = row[:keep_prefix] + row[len(row) - (max_length - keep_prefix):]
+            n_cut += 1
         ids.append(row)
+    if n_cut:
+        logger.warning("cloud texts: %d of %d were longer than max_length=%d tokens and were cut from "
+                       "the left after their first %d tokens", n_cut, len(ids), max_length, keep_prefix)
     return ids
 
 
@@ -52,8 +65,8 @@ def pad_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
 @torch.inference_mode()
 def encode_cloud(cloud_model: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int = 8,
                  max_length: int = 512, layer: int | None = None,
-                 dtype: torch.dtype = torch.float32, progress: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 dtype: torch.dtype = torch.float32, progress: bool = False,
+                 keep_prefix: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states of the cloud model's base decoder (no LM head) for each text.
 
     Texts are tokenized with the model's own tokenizer (special tokens included), sorted by
@@ -70,6 +83,9 @@ def encode_cloud(cloud_model: nn.Module, tokenizer, texts: Sequence[str], *, bat
             an int takes ``hidden_states[layer]`` (0 = embeddings). Default None.
         dtype (torch.dtype): dtype of the returned states. Default float32.
         progress (bool): show a tqdm bar. Default False.
+        keep_prefix (int | None): None makes a text over ``max_length`` an error; an int cuts such
+            texts from the left after their first ``keep_prefix`` tokens (the system prompt),
+            keeping the newest context, and logs how many were cut. Default None.
 
     Returns:
         tuple: ``(states [N, T_max, d_c], mask [N, T_max] bool)``, in the order of ``texts``.
@@ -81,15 +97,16 @@ def encode_cloud(cloud_model: nn.Module, tokenizer, texts: Sequence[str], *, bat
         >>> states, mask = encode_cloud(cloud, tok, ["You are a helpful bot."])  # doctest: +SKIP
     """
     per_text = _encode_list(cloud_model, tokenizer, list(texts), batch_size=batch_size,
-                            max_length=max_length, layer=layer, dtype=dtype, progress=progress)
+                            max_length=max_length, layer=layer, dtype=dtype, progress=progress,
+                            keep_prefix=keep_prefix)
     return pad_states(per_text)
 
 
 def _encode_list(cloud_model, tokenizer, texts, *, batch_size, max_length, layer, dtype,
-                 progress) -> list[torch.Tensor]:
+                 progress, keep_prefix=None) -> list[torch.Tensor]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ids = _token_ids(tokenizer, texts, max_length)
+    ids = _token_ids(tokenizer, texts, max_length, keep_prefix)
     decoder = cloud_model.get_decoder() if hasattr(cloud_model, "get_decoder") else cloud_model
     device = next(cloud_model.parameters()).device
     order = sorted(range(len(ids)), key=lambda j: len(ids[j]))
@@ -122,9 +139,11 @@ class CloudStateCache:
             or :meth:`load` only.
         tokenizer: the cloud tokenizer (needed with ``cloud_model``).
         batch_size (int): encoding batch size. Default 8.
-        max_length (int): token limit per text (longer is an error). Default 512.
+        max_length (int): token limit per text (longer is an error unless ``keep_prefix``). Default 512.
         layer (int | None): which hidden state (see :func:`encode_cloud`). Default None.
         dtype (torch.dtype): storage dtype (bfloat16 halves memory). Default float32.
+        keep_prefix (int | None): see :func:`encode_cloud`: None makes an over-long text an
+            error; an int cuts it from the left after its first ``keep_prefix`` tokens. Default None.
 
     Example:
         >>> cache = CloudStateCache(cloud, tok)                       # doctest: +SKIP
@@ -134,7 +153,7 @@ class CloudStateCache:
 
     def __init__(self, cloud_model: nn.Module | None = None, tokenizer=None, *,
                  batch_size: int = 8, max_length: int = 512, layer: int | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, keep_prefix: int | None = None):
         if cloud_model is not None and tokenizer is None:
             raise ValueError("CloudStateCache: a cloud_model needs its tokenizer")
         self.cloud_model = cloud_model
@@ -143,6 +162,7 @@ class CloudStateCache:
         self.max_length = max_length
         self.layer = layer
         self.dtype = dtype
+        self.keep_prefix = keep_prefix
         self._states: dict[str, torch.Tensor] = {}
         self.hidden_size: int | None = None
 
@@ -180,6 +200,7 @@ class CloudStateCache:
                                f"cloud model (first: {todo[0][:60]!r})")
         states = _encode_list(self.cloud_model, self.tokenizer, todo, batch_size=self.batch_size,
                               max_length=self.max_length, layer=self.layer, dtype=self.dtype,
+                              keep_prefix=self.keep_prefix,
                               progress=progress)
         for text, s in zip(todo, states):
             self.add(text, s)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ._cloud import CloudStateCache
-from ._config import LoRAGenConfig
+from ._config import DEFAULT_CLOUD_SYSTEM_PROMPT, LoRAGenConfig
 from ._data import LoRAGenCollator, LoRAGenDataset, build_examples
 from ._generator import LoRAGenerator
 from ._train import TrainResult, train_generator
@@ -53,7 +53,7 @@ class GeneratorData:
 
 def prepare_generator_data(train: Sequence[Any], val: Sequence[Any], test: Sequence[Any] | None, *,
                            edge_tokenizer: Any, cloud_model: nn.Module, cloud_tokenizer: Any,
-                           max_length: int = 192, max_context_turns: int = 4,
+                           max_length: int = 192, max_context_turns: int = 4, cloud_max_length: int = 512,
                            cloud_cache_path: str | Path | None = None, progress: bool = True) -> GeneratorData:
     """Tokenize the splits and encode every distinct cloud text once (cached to disk if asked).
 
@@ -65,6 +65,8 @@ def prepare_generator_data(train: Sequence[Any], val: Sequence[Any], test: Seque
         max_length (int): edge token limit per example (longer prompts are cut from the left and
             counted in a warning). Defaults to 192.
         max_context_turns (int): context turns kept in the edge prompt and the cloud text. Defaults to 4.
+        cloud_max_length (int): cloud tokens per text; a longer text (very long turns) keeps its
+            system prompt and is cut from the left, and the count is logged. Defaults to 512.
         cloud_cache_path (str | Path | None): safetensors file for the cloud states; loaded when
             present, written after encoding. Defaults to None (memory only).
         progress (bool): tqdm bar while encoding. Defaults to True.
@@ -77,7 +79,9 @@ def prepare_generator_data(train: Sequence[Any], val: Sequence[Any], test: Seque
 
     train_ex, val_ex = examples(train), examples(val)
     test_ex = examples(test) if test is not None else None
-    cache = CloudStateCache(cloud_model, cloud_tokenizer)
+    # the system prompt opens every cloud text; an over-long text keeps it and loses its oldest turns
+    keep = len(cloud_tokenizer(DEFAULT_CLOUD_SYSTEM_PROMPT + "\n", add_special_tokens=True)["input_ids"])
+    cache = CloudStateCache(cloud_model, cloud_tokenizer, max_length=cloud_max_length, keep_prefix=keep)
     if cloud_cache_path is not None and Path(cloud_cache_path).exists():
         cache.load(cloud_cache_path)
     texts = [e.cloud_text for e in train_ex + val_ex + (test_ex or [])]
