@@ -98,7 +98,7 @@ def _preset(data: Path) -> dict:
     cfg["data"]["source"] = str(data)
     cfg["data"].update(train_samples=20, val_samples=4, test_samples=4, max_length=24)  # some are truncated
     cfg["strategies"] = ["random", "easy_to_hard"]
-    cfg["controls"] = ["ctrl_length"]
+    cfg["controls"] = ["ctrl_length", "anti_curriculum"]
     cfg["training"]["steps"] = 4
     cfg["curriculum"]["training"].update(steps_per_epoch=1, curriculum_end_epoch=3)
     return convergence.validate_preset(cfg)
@@ -108,13 +108,13 @@ def test_runner_end_to_end_then_resume(tmp_path):
     cfg = _preset(_write_dialogues(tmp_path / "d.jsonl"))
     out = tmp_path / "res"
     summary = convergence.run_preset(cfg, out, plots=False)
-    assert summary["runs_trained"] == 6 and summary["runs_skipped"] == 0
+    assert summary["runs_trained"] == 8 and summary["runs_skipped"] == 0
 
     doc = json.loads((out / "results.json").read_text())
     _results.validate_results(doc, out)
-    assert set(doc["runs"]) == {"random", "easy_to_hard", "ctrl_length"}
+    assert set(doc["runs"]) == {"random", "easy_to_hard", "ctrl_length", "anti_curriculum"}
     assert all(set(by_seed) == {"0", "1"} for by_seed in doc["runs"].values())
-    assert set(doc["h2"]["strategies"]) == {"easy_to_hard", "ctrl_length"}
+    assert set(doc["h2"]["strategies"]) == {"easy_to_hard", "ctrl_length", "anti_curriculum"}
     # H1: every metric x pooling x aggregate side by side with the cheap signals, on both targets
     names = set(doc["h1"]["signals"])
     for metric in ("l2", "cosine", "kl", "mahalanobis"):
@@ -137,6 +137,12 @@ def test_runner_end_to_end_then_resume(tmp_path):
     first = next(json.loads(line) for line in lines if json.loads(line)["type"] == "train")
     cutoff = np.sort(length)[int(np.ceil(0.33 * len(length)))]
     assert all(length[i] <= cutoff for i in first["indices"]), (first["indices"], cutoff)
+    # ... and the anti-curriculum starts with the samples of the highest primary meta-token score
+    score = np.load(out / "arrays" / "h1_samples.npz")["meta_l2_mean_topk_mean"]
+    lines = (out / "runs" / "anti_curriculum" / "seed0.jsonl").read_text().splitlines()
+    first = next(json.loads(line) for line in lines if json.loads(line)["type"] == "train")
+    floor = np.sort(score)[::-1][int(np.ceil(0.33 * len(score)))]
+    assert all(score[i] >= floor for i in first["indices"]), (first["indices"], floor)
     # the random runs hold H1's targets: per-sample training losses and the after-training evaluation
     recs = [json.loads(line) for line in (out / "runs" / "random" / "seed1.jsonl").read_text().splitlines()]
     assert all(len(r["per_sample_loss"]) == len(r["indices"]) for r in recs if r["type"] == "train")
@@ -151,7 +157,7 @@ def test_runner_end_to_end_then_resume(tmp_path):
     logs = sorted((out / "runs").rglob("*.jsonl"))
     mtimes = [p.stat().st_mtime_ns for p in logs]
     again = convergence.run_preset(cfg, out, report=False)
-    assert again["runs_trained"] == 0 and again["runs_skipped"] == 6
+    assert again["runs_trained"] == 0 and again["runs_skipped"] == 8
     assert [p.stat().st_mtime_ns for p in logs] == mtimes
     # a run cut off before its end is redone, and only that one
     cut = out / "runs" / "easy_to_hard" / "seed1.jsonl"
