@@ -681,8 +681,8 @@ class MetaTokenDifficultyDataset(Dataset):
                 lo, hi = i * shard_size, min(n, (i + 1) * shard_size)
                 chunk = samples[lo:hi]
                 # each model's pass is half of a sample's work, so the bar (and its samples/s)
-                # moves during the cloud pass too
-                half = (lambda k: bar.update(k / 2)) if bar is not None else None
+                # moves during the cloud pass too; whole samples only, the shard ends exact
+                half = _half_progress(bar) if bar is not None else None
                 c_vec = cloud_ex.extract(_prompts_for(chunk, cloud_ex, mt, dialogue, use_chat_template),
                                          progress=half)
                 e_vec = edge_ex.extract(_prompts_for(chunk, edge_ex, mt, dialogue, use_chat_template),
@@ -719,6 +719,18 @@ class MetaTokenDifficultyDataset(Dataset):
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def _half_progress(bar: Any) -> Callable[[int], None]:
+    """A progress callback that advances ``bar`` by half a sample per sample of one model's pass."""
+    halves = [0]
+
+    def update(k: int) -> None:
+        before = halves[0] // 2
+        halves[0] += k
+        bar.update(halves[0] // 2 - before)
+
+    return update
+
+
 def _scoring_settings(cfg: CurriculumConfig) -> dict[str, Any]:
     mt = cfg.meta_token
     return {"metric": mt.distance_metric, "kl_temperature": mt.kl_temperature, "alignment": mt.alignment,
