@@ -218,7 +218,8 @@ def main(argv=None) -> int:
     print()
     print(f"PEFT LoRA ({','.join(targets)}, rank {args.rank}) on {type(edge).__name__}, "
           f"{summary['steps']} steps, strategy {cfg.curriculum.strategy}, {len(train_ds)} samples")
-    keys = sorted({k for rec in history for k in rec if k.startswith("curriculum/")})
+    # curriculum/step (the sampler's own step counter) equals the Trainer's step here: not repeated
+    keys = sorted({k for rec in history for k in rec if k.startswith("curriculum/")} - {"curriculum/step"})
     print("| step | loss | " + " | ".join(k[len("curriculum/"):] for k in keys) + " |")
     print("| ---: " * (len(keys) + 2) + "|")
     for rec in history:
