@@ -553,6 +553,13 @@ def test_encode_cloud_and_cache(tmp_path):
             ref = cloud.model(input_ids=ids).last_hidden_state[0]
         assert int(mask[j].sum()) == ids.shape[1]
         torch.testing.assert_close(states[j, : ids.shape[1]], ref, atol=1e-5, rtol=1e-5)
+    # the cache's path must not build autograd graphs (they kept every batch's activations alive)
+    from torch_curriculum.loragen._cloud import _encode_list
+
+    assert any(p.requires_grad for p in cloud.parameters())
+    raw = _encode_list(cloud, tok, texts, batch_size=2, max_length=512, layer=None,
+                       dtype=torch.float32, progress=False)
+    assert not any(r.requires_grad or r.grad_fn is not None for r in raw)
     cache = CloudStateCache(cloud, tok, batch_size=2)
     assert cache.encode(texts + texts[:1]) == 3
     assert cache.encode(texts) == 0                                 # each text encoded once
