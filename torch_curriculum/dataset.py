@@ -46,9 +46,7 @@ import itertools
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +55,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ._io import atomic_write
 from ._version import __version__
 from .alignment import align_layer, resolve_layer_map, select_anchors
 from .config import CurriculumConfig
@@ -132,20 +131,11 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, Any], metadata: Ma
         offset += a.nbytes
     hb = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     hb += b" " * (-len(hb) % 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(hb).to_bytes(8, "little"))
-            f.write(hb)
-            for name in sorted(arrays):
-                f.write(memoryview(arrays[name]).cast("B") if arrays[name].nbytes else b"")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        f.write(len(hb).to_bytes(8, "little"))
+        f.write(hb)
+        for name in sorted(arrays):
+            f.write(memoryview(arrays[name]).cast("B") if arrays[name].nbytes else b"")
 
 
 def read_safetensors_header(path: str | Path) -> tuple[dict[str, Any], int]:
@@ -762,10 +752,8 @@ def _prepare_work_dir(work: Path, manifest: dict[str, Any]) -> None:
             raise DifficultyFileError(f"work dir {work} holds shards of another run (other models, data, settings "
                                       "or shard size); delete it or pass another work_dir")
         return
-    fd, tmp = tempfile.mkstemp(dir=work, prefix=".manifest.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, mpath)
+    with atomic_write(mpath) as f:
+        f.write(text.encode("utf-8"))
 
 
 def _shard_ok(p: Path, shard_key: str, i: int) -> bool:

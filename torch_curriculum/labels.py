@@ -21,15 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ._io import atomic_write
 from ._version import __version__
 from .difficulty import (
     AGGREGATES,
@@ -69,19 +68,6 @@ def _fmt(path: str | Path) -> str:
     if suffix == ".json":
         return "json"
     raise ValueError(f"label file {path}: expected a .json (array) or .jsonl name, got suffix {suffix!r}")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_labels(
@@ -183,8 +169,10 @@ def write_labels(
     }
     header_bytes = (json.dumps(header, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, data)
-    _atomic_write(header_path(path), header_bytes)
+    with atomic_write(path) as f:
+        f.write(data)
+    with atomic_write(header_path(path)) as f:
+        f.write(header_bytes)
     return path
 
 
