@@ -96,13 +96,6 @@ def load_splits(args):
     return train, val, test, f"{args.data} (contiguous 80/10/10 blocks)"
 
 
-def steps_to(curve, target):
-    for point in curve:
-        if point["loss"] <= target:
-            return point["step"]
-    return None
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -169,7 +162,7 @@ def main(argv=None) -> int:
     target = base.final_val_loss
     rows = []
     for strategy, res in results.items():
-        reached = steps_to(res.val_curve, target)
+        reached = res.steps_to_reach(target)
         rows.append({"strategy": strategy, "final_val_loss": res.final_val_loss,
                      "best_val_loss": min(p["loss"] for p in res.val_curve),
                      "steps_to_baseline_final": reached, "test_loss": res.test_loss,
