@@ -672,3 +672,20 @@ def test_real_difficulty_dataset_file(tmp_path):
     assert set(epoch_indices(lw, 0)) == pool_of(np_topk_mean(ds.layer_diffs.numpy()[:, :2], 2), 0.33)
     loader = DataLoader(ds, sampler=lw, batch_size=5, collate_fn=list)
     assert sum(len(b) for b in loader) == len(lw)
+
+
+def test_top_k_defaults_to_the_files_k_and_a_conflicting_k_is_an_error(tmp_path):
+    from torch_curriculum import CurriculumConfig, MetaTokenDifficultyDataset
+
+    raw = torch.rand(60, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    cfg = CurriculumConfig.from_dict({"meta_token": {"top_k": 2}})
+    ds = MetaTokenDifficultyDataset.from_distances(raw, [f"s{i}" for i in range(60)], tmp_path / "d.safetensors", cfg)
+    assert ds.top_k == 2
+    hs = LayerSpecificSampler(ds, seed=0)
+    assert hs.top_k == 2  # not the default 3: the file's own K
+    assert EasyToHardSampler(ds, top_k=2).top_k == 2
+    with pytest.raises(ValueError, match="top_k=3 conflicts with the difficulty file's top_k=2"):
+        LayerWiseProgressiveSampler(ds, top_k=3)
+    with pytest.raises(ValueError, match="top_k must be an integer >= 1 or None"):
+        EasyToHardSampler(ds, top_k=0)
+    assert EasyToHardSampler(ds.layer_diffs).top_k == 3  # a bare tensor: the documented default

@@ -133,6 +133,25 @@ def _derive_seed(*parts: int) -> int:
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
+def _resolve_top_k(difficulty: Any, top_k: int | None) -> int:
+    """``top_k`` checked against the difficulty file's own K (None: the file's K, else 3)."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+    file_k = None
+    if not isinstance(difficulty, (torch.Tensor, np.ndarray)):
+        try:
+            file_k = getattr(difficulty, "top_k", None)
+        except (KeyError, TypeError):  # a dataset-like object without that provenance
+            file_k = None
+        file_k = file_k if isinstance(file_k, int) and not isinstance(file_k, bool) else None
+    if top_k is None:
+        return file_k if file_k is not None else 3
+    if file_k is not None and top_k != file_k:
+        raise ValueError(f"top_k={top_k} conflicts with the difficulty file's top_k={file_k} (its primary "
+                         "score was computed with that K); leave top_k unset or recompute the file")
+    return top_k
+
+
 def _as_difficulty(difficulty: Any, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(layer_diffs [N, L] float64, primary score [N] float64)`` from a dataset or a tensor."""
     if isinstance(difficulty, (torch.Tensor, np.ndarray)):
@@ -194,7 +213,10 @@ class _CurriculumSampler(Sampler[int]):
             ``stage_percentiles``, evenly spaced percentiles ``s/S`` are used.
         stage_percentiles (Sequence[float]): upper percentile of each stage, strictly increasing,
             ending with 1.0. Defaults to (0.33, 0.66, 1.0).
-        top_k (int): K of the ``topk_mean`` score. Defaults to 3.
+        top_k (int | None): K of the ``topk_mean`` score (the primary score of a tensor input, and
+            the active-layer score of ``LayerSpecificSampler``). Defaults to None: the difficulty
+            file's own K for a ``MetaTokenDifficultyDataset``, 3 for a tensor. An explicit value
+            that differs from the file's K is an error (the file's primary score used its K).
         loss_threshold (float): dynamic pacing threshold. Defaults to 2.0.
         difficulty_step_up (float): dynamic pacing step up. Defaults to 0.05.
         difficulty_step_down (float): dynamic pacing step down. Defaults to 0.02.
@@ -228,7 +250,7 @@ class _CurriculumSampler(Sampler[int]):
         *,
         num_stages: int = 3,
         stage_percentiles: Sequence[float] = (0.33, 0.66, 1.0),
-        top_k: int = 3,
+        top_k: int | None = None,
         loss_threshold: float = 2.0,
         difficulty_step_up: float = 0.05,
         difficulty_step_down: float = 0.02,
@@ -245,8 +267,7 @@ class _CurriculumSampler(Sampler[int]):
         strict_order: bool = False,
         chunk_size: int = 65536,
     ):
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        top_k = _resolve_top_k(difficulty, top_k)
         self.layer_diffs, self.scores = _as_difficulty(difficulty, top_k)
         self.top_k = top_k
         sp = [float(x) for x in stage_percentiles]
