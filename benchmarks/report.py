@@ -175,8 +175,13 @@ def _headline(doc: Mapping[str, Any]) -> list[str]:
                  f"p = {_p(r['p_value'])}" for s, r in sorted(
                      h2["strategies"].items(),
                      key=lambda kv: -(kv[1]["pct_fewer_steps_vs_random"] or -math.inf))]
+        verdicts = {s: _h2_verdict(r["ci95"], r["p_value"]) for s, r in h2["strategies"].items()}
+        faster = [f"`{s}`" for s, v in verdicts.items() if v == "significantly faster"]
+        slower = [f"`{s}`" for s, v in verdicts.items() if v == "significantly slower"]
+        plain = (f"Significantly faster than `{h2['baseline']}`: {', '.join(faster) or 'none'}; "
+                 f"significantly slower: {', '.join(slower) or 'none'}.")
         lines.append(f"- **H2** (% fewer steps to target than `{h2['baseline']}`, mean "
-                     f"[95% CI]): " + "; ".join(parts) + ".")
+                     f"[95% CI]): " + "; ".join(parts) + ". " + plain)
     block = ((h3 or {}).get("rankings") or {}).get((h3 or {}).get("primary_metric", ""))
     if block:
         order = ", ".join(f"{r['rank']}. `{r['strategy']}`" for r in block["ranking"])
@@ -209,19 +214,29 @@ def _h2_section(h2: Mapping[str, Any] | None) -> list[str]:
                      f"{r.get('n_censored', 0)}/{r.get('n_pairs', '?')}",
                      _f(r.get("pct_fewer_samples_vs_random"), 1),
                      _f(r.get("pct_fewer_wall_time_vs_random"), 1)])
-        ci, p = r["ci95"], r["p_value"]
-        if ci is None or p is None:
-            summary.append(f"`{s}`: too few seeds for a CI/test")
-        elif p <= 0.05 and ci[0] > 0:
-            summary.append(f"`{s}`: significantly faster")
-        elif p <= 0.05 and ci[1] < 0:
-            summary.append(f"`{s}`: significantly slower")
-        else:
-            summary.append(f"`{s}`: not significantly different from random")
+        summary.append(f"`{s}`: {_h2_verdict(r['ci95'], r['p_value'])}")
     lines += _table(["strategy", "% fewer steps", f"{conf}% CI", "p", "per seed (%)",
                      "censored", "% fewer samples", "% less wall time"], rows)
-    lines += ["", "Plainly: " + "; ".join(summary) + ".", ""]
+    lines += ["", "Plainly: " + "; ".join(summary) + ". Significant here means both the paired test "
+              f"(p ≤ 0.05, not corrected for the {len(strategies)} comparisons; H3 applies Holm) and the CI "
+              "of the % agree.", ""]
     return lines
+
+
+def _h2_verdict(ci: Sequence[float] | None, p: float | None, alpha: float = 0.05) -> str:
+    """One strategy's H2 verdict in words; the two tests must agree before anything is called significant.
+
+    ``p`` tests the steps themselves, the CI the per-seed % change; with three seeds they can disagree.
+    """
+    if ci is None or p is None:
+        return "too few seeds for a CI/test"
+    if p <= alpha and ci[0] > 0:
+        return "significantly faster"
+    if p <= alpha and ci[1] < 0:
+        return "significantly slower"
+    if p <= alpha:
+        return f"not significant (p = {_p(p)} on the steps, but the CI of the % includes 0)"
+    return "not significantly different from random"
 
 
 def _h3_section(h3: Mapping[str, Any] | None) -> list[str]:

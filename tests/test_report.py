@@ -549,3 +549,16 @@ def test_real_train_generator_log_feeds_build_results(tmp_path):
     _results.write_results(tmp_path, doc)
     text = report.build_report(tmp_path, plots=False).read_text()
     assert "`fast`" in text
+
+
+@pytest.mark.parametrize("ci, p, verdict", [
+    ((5.0, 30.0), 0.01, "significantly faster"),
+    ((-60.0, -5.0), 0.02, "significantly slower"),
+    # the paired test on steps and the t-CI of the per-seed % can disagree with 3 seeds (the cpu
+    # preset's ctrl_edge_loss: p = 0.035, CI [-131.6, 9.3]); then nothing is called significant
+    ((-131.6, 9.3), 0.035, "not significant (p = 0.035 on the steps, but the CI of the % includes 0)"),
+    ((-10.0, 12.0), 0.6, "not significantly different from random"),
+    (None, None, "too few seeds for a CI/test"),
+])
+def test_h2_verdict_needs_both_tests_to_agree(ci, p, verdict):
+    assert report._h2_verdict(ci, p) == verdict
