@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _dist import exit_worker
 
 pytestmark = pytest.mark.distributed
 
@@ -83,6 +84,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             json.dump(out, f)
     finally:
         dist.destroy_process_group()
+    exit_worker()  # see its docstring: torch's gloo exit race, not ours
 
 
 def test_two_gloo_ranks_share_one_sequence_and_every_decision(tmp_path):
