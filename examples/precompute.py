@@ -114,6 +114,14 @@ def main(argv=None) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    if world > 1:
+        # torch 2.13's gloo can abort at interpreter exit after a model ran (SIGABRT, "terminate called
+        # without an active exception"; pytorch/pytorch#190489), which torchrun would report as a failed
+        # rank although both files are written and closed: skip the C++ static destructors.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
