@@ -400,6 +400,23 @@ def _smooth(y: np.ndarray) -> np.ndarray:
     return np.convolve(y, np.ones(w) / w, mode="valid")
 
 
+def _panel_grid(plt: Any, n: int, max_cols: int, cell: tuple[float, float]) -> tuple[Any, list[Any]]:
+    """A figure with ``n`` panels in rows of at most ``max_cols``; the unused cells are hidden."""
+    ncols = min(max_cols, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell[0] * ncols, cell[1] * nrows), squeeze=False)
+    cells = [ax for row in axes for ax in row]
+    for ax in cells[n:]:
+        ax.axis("off")
+    return fig, cells[:n]
+
+
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _learning_curves(plt: Any, logs: Mapping[str, list[dict]], doc: Mapping[str, Any],
                      path: Path) -> bool:
     if not logs:
@@ -430,9 +447,7 @@ def _learning_curves(plt: Any, logs: Mapping[str, list[dict]], doc: Mapping[str,
               ylabel="loss")
     ax_val.legend(fontsize=7)
     ax_tr.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 
@@ -451,23 +466,14 @@ class _quiet:
 
 
 def _hist_per_layer(plt: Any, d: np.ndarray, raw: bool, path: Path) -> None:
-    n_layers = d.shape[1]
-    ncols = min(6, n_layers)
-    nrows = math.ceil(n_layers / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.4 * ncols, 1.9 * nrows), squeeze=False)
-    for layer in range(nrows * ncols):
-        ax = axes[layer // ncols][layer % ncols]
-        if layer >= n_layers:
-            ax.axis("off")
-            continue
+    fig, axes = _panel_grid(plt, d.shape[1], 6, (2.4, 1.9))
+    for layer, ax in enumerate(axes):
         ax.hist(d[:, layer], bins=30, color="tab:blue")
         ax.set_title(f"layer {layer}", fontsize=8)
         ax.tick_params(labelsize=6)
     fig.suptitle(f"Difficulty d_i per layer ({'raw distance' if raw else 'normalised'}), "
                  f"N = {d.shape[0]}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _heatmap_diffs(plt: Any, d: np.ndarray, path: Path) -> None:
@@ -479,9 +485,7 @@ def _heatmap_diffs(plt: Any, d: np.ndarray, path: Path) -> None:
     ax.set(title="Per-layer difficulty d_i (samples sorted by mean d, easy at top)",
            xlabel="layer", ylabel="sample (sorted)")
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _heatmap_update_norms(plt: Any, logs: Mapping[str, list[dict]], path: Path) -> bool:
@@ -498,24 +502,14 @@ def _heatmap_update_norms(plt: Any, logs: Mapping[str, list[dict]], path: Path) 
         panels[s] = (steps, np.mean(stack, axis=0))
     if not panels:
         return False
-    k = len(panels)
-    ncols = min(3, k)
-    nrows = math.ceil(k / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
-    for i in range(nrows * ncols):
-        ax = axes[i // ncols][i % ncols]
-        if i >= k:
-            ax.axis("off")
-            continue
-        s, (steps, norms) = list(panels.items())[i]
+    fig, axes = _panel_grid(plt, len(panels), 3, (5, 3.6))
+    for ax, (s, (steps, norms)) in zip(axes, panels.items()):
         im = ax.imshow(norms.T, aspect="auto", origin="lower", interpolation="nearest",
                        extent=(steps[0], steps[-1], -0.5, norms.shape[1] - 0.5), cmap="magma")
         ax.set(title=f"{s}: LoRA update norm", xlabel="step", ylabel="layer")
         ax.yaxis.get_major_locator().set_params(integer=True)
         fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 
@@ -553,27 +547,17 @@ def _drawn_difficulty(logs: Mapping[str, list[dict]], d: np.ndarray,
 
 def _heatmap_drawn(plt: Any, panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
                    path: Path) -> None:
-    k = len(panels)
-    ncols = min(3, k)
-    nrows = math.ceil(k / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
+    fig, axes = _panel_grid(plt, len(panels), 3, (5, 3.6))
     vmin = min(float(np.nanmin(v)) for _, v in panels.values())
     vmax = max(float(np.nanmax(v)) for _, v in panels.values())
-    for i in range(nrows * ncols):
-        ax = axes[i // ncols][i % ncols]
-        if i >= k:
-            ax.axis("off")
-            continue
-        s, (edges, m) = list(panels.items())[i]
+    for ax, (s, (edges, m)) in zip(axes, panels.items()):
         im = ax.imshow(m.T, aspect="auto", origin="lower", interpolation="nearest",
                        extent=(edges[0], edges[-1], -0.5, m.shape[1] - 0.5), cmap="viridis",
                        vmin=vmin, vmax=vmax)
         ax.set(title=f"{s}: mean d_i of drawn samples", xlabel="step", ylabel="layer")
         ax.yaxis.get_major_locator().set_params(integer=True)
         fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _h1_scatter(plt: Any, h1: Mapping[str, Any], samples: Mapping[str, np.ndarray],
@@ -585,25 +569,16 @@ def _h1_scatter(plt: Any, h1: Mapping[str, Any], samples: Mapping[str, np.ndarra
     names = [s for s in h1["ranking"] if s in samples][:_MAX_SCATTER]
     if not names:
         return False
-    ncols = min(3, len(names))
-    nrows = math.ceil(len(names) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    fig, axes = _panel_grid(plt, len(names), 3, (4.2, 3.6))
     y = samples[primary]
-    for i in range(nrows * ncols):
-        ax = axes[i // ncols][i % ncols]
-        if i >= len(names):
-            ax.axis("off")
-            continue
-        s = names[i]
+    for ax, s in zip(axes, names):
         r = h1["signals"][s]
         ax.scatter(samples[s], y, s=4, alpha=0.35)
         ax.set_title(f"{s}\nρ = {_f(r['spearman'])} {_ci(r['ci95']['spearman'])}", fontsize=8)
         ax.set_xlabel(s, fontsize=7)
         ax.set_ylabel(primary, fontsize=7)
     fig.suptitle(f"H1: signals vs {primary} (best {len(names)} by |ρ|)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 
