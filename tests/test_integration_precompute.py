@@ -19,16 +19,6 @@ SPC_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthetic-p
 
 
 @pytest.fixture(scope="module")
-def bundled():
-    from torch_curriculum.bundled import load_bundled
-
-    try:
-        return load_bundled("cloud"), load_bundled("edge")
-    except ImportError as e:  # the model packages are an optional install
-        pytest.skip(f"bundled models not installed: {e}")
-
-
-@pytest.fixture(scope="module")
 def dialogues():
     from torch_curriculum.data import read_dialogues
 
@@ -42,8 +32,8 @@ def dialogues():
     return samples[::5][:32]
 
 
-def test_precompute_bundled_models_end_to_end(tmp_path, bundled, dialogues):
-    (cloud, ctok), (edge, etok) = bundled
+def test_precompute_bundled_models_end_to_end(tmp_path, bundled_pair, dialogues):
+    (cloud, ctok), (edge, etok) = bundled_pair
     assert len(dialogues) == 32
     cfg = CurriculumConfig.from_dict({"meta_token": {"batch_size": 8, "max_length": 256, "max_context_turns": 2}})
     out = tmp_path / "difficulty.safetensors"

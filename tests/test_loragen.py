@@ -624,21 +624,11 @@ def test_real_curriculum_sampler_pacing_and_layer_mask(tmp_path):
 
 # ---------------------------------------------------------------- integration: bundled real models
 
-@pytest.fixture(scope="module")
-def bundled_models():
-    from torch_curriculum.bundled import load_bundled
-
-    try:
-        return load_bundled("cloud"), load_bundled("edge")
-    except ImportError as e:  # the model packages are an optional install
-        pytest.skip(f"bundled models not installed: {e}")
-
-
 @pytest.mark.integration
-def test_bundled_models_generator_end_to_end(bundled_models, tmp_path):
+def test_bundled_models_generator_end_to_end(bundled_pair, tmp_path):
     from torch_curriculum.bundled import load_chitchat
 
-    (cloud, ctok), (edge, etok) = bundled_models
+    (cloud, ctok), (edge, etok) = bundled_pair
     samples = [s for s in load_chitchat(max_samples=60) if s.context][::7][:4]
     exs = build_examples(samples, etok, max_length=96)
     assert all(any(lab != -100 for lab in e.labels) for e in exs)
