@@ -140,10 +140,11 @@ def _resolve_top_k(difficulty: Any, top_k: int | None) -> int:
     file_k = None
     if not isinstance(difficulty, (torch.Tensor, np.ndarray)):
         try:
-            file_k = getattr(difficulty, "top_k", None)
+            k = getattr(difficulty, "top_k", None)
         except (KeyError, TypeError):  # a dataset-like object without that provenance
-            file_k = None
-        file_k = file_k if isinstance(file_k, int) and not isinstance(file_k, bool) else None
+            k = None
+        if isinstance(k, int) and not isinstance(k, bool):
+            file_k = k
     if top_k is None:
         return file_k if file_k is not None else 3
     if file_k is not None and top_k != file_k:
