@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -370,8 +371,11 @@ def test_dialogue_base_dataset_fingerprint(tmp_path):
                                               fingerprint=data_fingerprint(samples))
     assert MetaTokenDifficultyDataset(path, Base(samples))[0] == "fine"
     reordered = samples[1:] + samples[:1]
-    with pytest.raises(DifficultyFileError, match="fingerprint"):
+    with pytest.raises(DifficultyFileError, match="item 0 has sample_id 'x_all_00001'"):
         MetaTokenDifficultyDataset(path, Base(reordered))
+    edited = [*samples[:-1], DialogueSample(samples[-1].sample_id, ("i like dogs.",), samples[-1].context, "fine")]
+    with pytest.raises(DifficultyFileError, match="fingerprint"):  # same ids, other content
+        MetaTokenDifficultyDataset(path, Base(edited))
 
 
 def _rewrite(src: Path, dst: Path, **meta_changes):
@@ -420,7 +424,9 @@ def test_writer_is_deterministic_and_atomic(tmp_path):
     write_safetensors(tmp_path / "y.safetensors", dict(reversed(list(t.items()))), {"a": "2", "z": "1"})
     assert (tmp_path / "x.safetensors").read_bytes() == (tmp_path / "y.safetensors").read_bytes()
     header, start = read_safetensors_header(tmp_path / "x.safetensors")
-    assert start % 8 == 0 and header["__metadata__"] == {"a": "2", "z": "1"}
+    meta = dict(header["__metadata__"])
+    sums = json.loads(meta.pop("checksums"))  # added by the writer, see tests/adversarial/test_adv_files.py
+    assert start % 8 == 0 and meta == {"a": "2", "z": "1"} and sorted(sums["tensors"]) == ["a", "b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors", "y.safetensors"]  # no temp files left
     with pytest.raises(TypeError, match="str -> str"):
         write_safetensors(tmp_path / "z.safetensors", t, {"a": 1})

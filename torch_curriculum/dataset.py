@@ -74,6 +74,7 @@ __all__ = [
     "DifficultyFileError",
     "MetaTokenDifficultyDataset",
     "read_safetensors_header",
+    "rows_fingerprint",
     "write_safetensors",
 ]
 
@@ -85,6 +86,7 @@ _SHARD_SCHEMA = "torch_curriculum.difficulty_shard"
 _DT = {"F64": np.float64, "F32": np.float32, "I64": np.int64, "U8": np.uint8}
 _DT_NAME = {np.dtype(v): k for k, v in _DT.items()}
 _MAX_HEADER = 100 * 1024 * 1024
+_CHECKSUMS = "checksums"
 
 
 class DifficultyFileError(ValueError):
@@ -102,12 +104,46 @@ def _as_numpy(x: Any) -> np.ndarray:
     return a.astype(a.dtype.newbyteorder("<"), copy=False)
 
 
+def _digest(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _canonical_fields(value: str) -> dict[str, Any] | None:
+    """The top-level fields of a metadata value that is a canonical JSON object (as :func:`_json`
+    writes it), so each field can carry its own checksum; None for any other value."""
+    try:
+        obj = json.loads(value)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(obj, dict) or _json(obj) != value:
+        return None
+    return obj
+
+
+def _metadata_checksums(metadata: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"metadata": {k: _digest(v.encode("utf-8")) for k, v in sorted(metadata.items())},
+                           "fields": {}}
+    for k, v in sorted(metadata.items()):
+        obj = _canonical_fields(v)
+        if obj is not None:
+            out["fields"][k] = {f: _digest(_json(obj[f]).encode("utf-8")) for f in sorted(obj)}
+    return out
+
+
 def write_safetensors(path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> None:
-    """Write a safetensors file deterministically and atomically.
+    """Write a safetensors file deterministically and atomically, with checksums.
 
     Tensors are laid out in sorted name order, the header JSON has sorted keys and no timestamps,
     so identical inputs give identical bytes. The file appears under its name only when complete
     (temp file in the same folder + fsync + ``os.replace``).
+
+    Integrity: the metadata entry ``checksums`` (reserved: a value passed under that key is
+    replaced) holds, as JSON, the sha256 of every tensor's data bytes (``tensors``), of every
+    other metadata value (``metadata``) and, for a value that is a canonical JSON object such as
+    ``provenance``, of each of its top-level fields (``fields``), so an edit is reported by name.
+    :func:`read_safetensors_header` checks the metadata and the tensor names; the tensor digests
+    are checked when a tensor is first read (:class:`MetaTokenDifficultyDataset`) or by
+    :meth:`MetaTokenDifficultyDataset.verify`.
 
     Args:
         path (str | Path): destination.
@@ -116,13 +152,23 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, Any], metadata: Ma
 
     Raises:
         TypeError: a non-string metadata value or an unsupported dtype.
+
+    Example:
+        >>> write_safetensors("x.safetensors", {"a": np.arange(3)}, {"note": "hi"})  # doctest: +SKIP
+        >>> read_safetensors_header("x.safetensors")[0]["a"]["shape"]                 # doctest: +SKIP
+        [3]
     """
     path = Path(path)
     arrays = {k: _as_numpy(v) for k, v in tensors.items()}
     for k, v in metadata.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"safetensors metadata must map str -> str; {k!r} -> {type(v).__name__}")
-    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    meta = {k: v for k, v in metadata.items() if k != _CHECKSUMS}
+    sums = {"algorithm": "sha256", "tensors": {k: _digest(memoryview(a).cast("B") if a.nbytes else b"")
+                                                for k, a in sorted(arrays.items())},
+            **_metadata_checksums(meta)}
+    meta[_CHECKSUMS] = _json(sums)
+    header: dict[str, Any] = {"__metadata__": dict(sorted(meta.items()))}
     offset = 0
     for name in sorted(arrays):
         a = arrays[name]
@@ -138,19 +184,78 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, Any], metadata: Ma
             f.write(memoryview(arrays[name]).cast("B") if arrays[name].nbytes else b"")
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _check_metadata(path: Path, header: Mapping[str, Any]) -> None:
+    """Compare the metadata and the tensor names with the ``checksums`` entry (when there is one)."""
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or any(not isinstance(v, str) for v in meta.values()):
+        raise DifficultyFileError(f"{path}: corrupted header (metadata must map str -> str)")
+    if _CHECKSUMS not in meta:
+        return
+    try:
+        sums = json.loads(meta[_CHECKSUMS])
+        t_sums, m_sums, f_sums = sums["tensors"], sums["metadata"], sums["fields"]
+        if sums["algorithm"] != "sha256" or not all(isinstance(x, dict) for x in (t_sums, m_sums, f_sums)):
+            raise ValueError
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise DifficultyFileError(f"{path}: corrupted header (the 'checksums' metadata entry is unreadable)") from None
+    names = {k for k in header if k != "__metadata__"}
+    for name in sorted(names ^ set(t_sums)):
+        what = "has no recorded checksum" if name in names else "is recorded in the checksums but missing"
+        raise DifficultyFileError(f"{path}: tensor {name!r} {what} (corrupted or edited header)")
+    others = {k: v for k, v in meta.items() if k != _CHECKSUMS}
+    for key in sorted(set(others) ^ set(m_sums)):
+        what = "has no recorded checksum" if key in others else "is recorded in the checksums but missing"
+        raise DifficultyFileError(f"{path}: metadata field {key!r} {what} (corrupted or edited header)")
+    for key in sorted(others):
+        if _digest(others[key].encode("utf-8")) == m_sums[key]:
+            continue
+        fields = f_sums.get(key)
+        obj = _canonical_fields(others[key]) if isinstance(fields, dict) else None
+        if obj is not None:
+            for f in sorted(set(obj) | set(fields)):
+                if f not in obj or f not in fields or _digest(_json(obj[f]).encode("utf-8")) != fields[f]:
+                    raise DifficultyFileError(f"{path}: metadata field '{key}.{f}' does not match its checksum "
+                                              f"(value {_json(obj.get(f))[:80]}); the file was edited or corrupted")
+        raise DifficultyFileError(f"{path}: metadata field {key!r} does not match its checksum; the file was "
+                                  "edited or corrupted")
+
+
 def read_safetensors_header(path: str | Path) -> tuple[dict[str, Any], int]:
     """Parse and check a safetensors header without reading any tensor data.
+
+    When the metadata holds the ``checksums`` entry written by :func:`write_safetensors`, every
+    other metadata value (and each field of a JSON-object value such as ``provenance``) and the
+    set of tensor names are checked against it here; tensor data is checked on first read.
+
+    Args:
+        path (str | Path): the file.
 
     Returns:
         tuple[dict, int]: the header (with ``__metadata__``) and the byte offset where data starts.
 
     Raises:
-        DifficultyFileError: missing, too short, bad header JSON, unknown dtype, offsets that do not
-            tile the data region, or a file size that does not match (truncated / trailing bytes).
+        DifficultyFileError: missing, a directory, too short, bad header JSON (or a duplicated key),
+            unknown dtype, offsets that do not tile the data region, a file size that does not match
+            (truncated / trailing bytes), or metadata / tensor names that do not match the recorded
+            checksums (the field or tensor is named).
+
+    Example:
+        >>> header, start = read_safetensors_header("difficulty.safetensors")  # doctest: +SKIP
     """
     path = Path(path)
+    if path.is_dir():
+        raise DifficultyFileError(f"{path}: is a directory, expected a .safetensors file")
     if not path.is_file():
-        raise DifficultyFileError(f"{path}: no such file")
+        raise DifficultyFileError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
     size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
@@ -160,8 +265,8 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, Any], int]:
         if n <= 0 or n > _MAX_HEADER or 8 + n > size:
             raise DifficultyFileError(f"{path}: corrupted or truncated header (header length {n}, file size {size})")
         try:
-            header = json.loads(f.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise DifficultyFileError(f"{path}: corrupted header ({e})") from None
     if not isinstance(header, dict):
         raise DifficultyFileError(f"{path}: corrupted header (not a JSON object)")
@@ -173,6 +278,8 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, Any], int]:
             dtype = _DT[info["dtype"]]
             shape = [int(s) for s in info["shape"]]
             begin, end = (int(x) for x in info["data_offsets"])
+            if any(s < 0 for s in shape) or begin < 0:
+                raise ValueError
         except (KeyError, TypeError, ValueError):
             raise DifficultyFileError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
         if end - begin != math.prod(shape) * np.dtype(dtype).itemsize:
@@ -187,7 +294,27 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, Any], int]:
     if size != 8 + n + pos:
         what = "truncated" if size < 8 + n + pos else "has trailing bytes"
         raise DifficultyFileError(f"{path}: {what}: the header describes {8 + n + pos} bytes, the file has {size}")
+    _check_metadata(path, header)
     return header, 8 + n
+
+
+def _verify_tensor(path: Path, header: Mapping[str, Any], data_start: int, name: str) -> None:
+    """Hash one tensor's bytes (read in chunks, not through the memory map) against its checksum."""
+    sums = json.loads((header.get("__metadata__") or {})[_CHECKSUMS])["tensors"]
+    begin, end = (int(x) for x in header[name]["data_offsets"])
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(data_start + begin)
+        left = end - begin
+        while left > 0:
+            chunk = f.read(min(left, 1 << 23))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    if left or h.hexdigest() != sums.get(name):
+        raise DifficultyFileError(f"{path}: tensor {name!r} does not match its checksum (sha256 {h.hexdigest()[:16]}…, "
+                                  f"recorded {str(sums.get(name))[:16]}…); the file is corrupted")
 
 
 def _memmap(path: Path, header: Mapping[str, Any], data_start: int, name: str) -> np.ndarray:
@@ -320,20 +447,116 @@ def _sync_errors(err: BaseException | None, where: str) -> None:
         raise RuntimeError(f"{where} failed on rank(s) {[r for r, _ in failed]}: {failed[0][1]}")
 
 
+# ------------------------------------------------------------------------------------------ base data
+def _item_id(item: Any) -> str | None:
+    """The ``sample_id`` an item carries: an attribute (``DialogueSample``, ``LoRAGenExample``), a
+    ``"sample_id"`` key, or the ``"example"`` of a ``LoRAGenDataset`` item; None when it has none."""
+    sid = getattr(item, "sample_id", None)
+    if sid is None and isinstance(item, Mapping):
+        sid = item.get("sample_id")
+        if sid is None and "example" in item:
+            sid = getattr(item["example"], "sample_id", None)
+    return sid if isinstance(sid, str) else None
+
+
+def _cheap_ids(base: Any) -> list[str] | None:
+    """Ids of a base data set's items when they can be read without building every item."""
+    ids = getattr(base, "sample_ids", None)
+    if isinstance(ids, (list, tuple)) and all(isinstance(x, str) for x in ids):
+        return list(ids)
+    for holder in (getattr(base, "samples", None), getattr(base, "examples", None), base):
+        if isinstance(holder, (list, tuple)) and holder:
+            got = [_item_id(x) for x in holder]
+            if all(g is not None for g in got):
+                return got  # type: ignore[return-value]
+    return None
+
+
+def _is_hf_dataset(obj: Any) -> bool:
+    return type(obj).__module__.split(".")[0] == "datasets" and hasattr(obj, "column_names") \
+        and hasattr(obj, "iter")
+
+
+def rows_fingerprint(rows: Any, columns: Sequence[str] | None = None) -> str:
+    """sha256 over a table's rows, in order: a Hugging Face ``datasets.Dataset`` or an iterable of dicts.
+
+    Shuffling, filtering, selecting another split or editing a value changes it; adding a column
+    does not when ``columns`` names the ones that matter. Precompute records it (with the columns)
+    for row inputs so that :class:`MetaTokenDifficultyDataset` can check a ``datasets.Dataset``
+    passed as ``base_dataset``.
+
+    Args:
+        rows: a ``datasets.Dataset`` or an iterable of mappings.
+        columns (Sequence[str] | None): the columns hashed; None = all, sorted by name.
+
+    Returns:
+        str: 64 hex digits.
+
+    Raises:
+        KeyError: a named column is missing (the message lists the available ones).
+
+    Example:
+        >>> rows_fingerprint([{"q": "hi", "a": "yo"}]) == rows_fingerprint([{"a": "yo", "q": "hi"}])
+        True
+    """
+    h = hashlib.sha256(b"torch_curriculum.rows.v1\n")
+    if _is_hf_dataset(rows):
+        cols = sorted(rows.column_names) if columns is None else list(columns)
+        missing = [c for c in cols if c not in rows.column_names]
+        if missing:
+            raise KeyError(f"column(s) {missing} not in the dataset; available: {rows.column_names}")
+        h.update(_json(cols).encode("ascii") + b"\n")
+        for batch in rows.select_columns(cols).iter(batch_size=1024):
+            for values in zip(*(batch[c] for c in cols)):
+                h.update(_json(list(values)).encode("ascii") + b"\n")
+        return h.hexdigest()
+    cols_fixed = None if columns is None else list(columns)
+    for i, row in enumerate(rows):
+        cols = sorted(row) if cols_fixed is None else cols_fixed
+        missing = [c for c in cols if c not in row]
+        if missing:
+            raise KeyError(f"row {i}: column(s) {missing} missing; it has {sorted(row)}")
+        h.update(_json({c: row[c] for c in cols}).encode("ascii") + b"\n")
+    return h.hexdigest()
+
+
 # ------------------------------------------------------------------------------------------ dataset
 class MetaTokenDifficultyDataset(Dataset):
     """A memory-mapped difficulty file, optionally wrapping the data set it scores.
 
+    Opening parses the header only (and checks its metadata against the recorded checksums);
+    each tensor is memory-mapped and verified against its sha256 the first time it is read, and
+    :meth:`verify` checks everything at once. Pickled (DataLoader workers with ``spawn``), the
+    dataset carries the path and a digest of the header, not the arrays; the worker re-opens the
+    memory map and refuses a file that changed in between.
+
+    Alignment with ``base_dataset`` (item i must be the sample the file scores at i):
+
+    - items that carry ids (``.sample_id`` of ``DialogueSample`` / ``LoRAGenExample``, a
+      ``"sample_id"`` key, ``LoRAGenDataset`` items) are compared with the file's ids: all at
+      once when the ids are at hand (a list, ``.samples``, ``.examples``, ``.sample_ids``), else
+      item by item as ``__getitem__`` fetches them;
+    - a ``fingerprint`` (str or method) or ``samples`` (``DialogueSample`` list) must match the
+      file's data fingerprint;
+    - a Hugging Face ``datasets.Dataset``: its id column (``id_column``, the column precompute
+      recorded, or ``sample_id``) is compared with the file's ids; without one, a fingerprint of
+      its rows (:func:`rows_fingerprint`) must match the one the file records.
+
+    Any mismatch is a :class:`DifficultyFileError` naming the first mismatching index and both ids.
+
     Args:
         path (str | Path): a file written by :meth:`precompute` or :meth:`from_distances`.
-        base_dataset (Dataset | None): the data set the file scores (same order). When it exposes
-            ``fingerprint`` (str or method) or ``samples`` (``DialogueSample`` list), it must match.
+        base_dataset (Dataset | None): the data set the file scores, in the file's order.
         return_difficulty (bool): ``__getitem__`` returns ``(item, difficulty)``. Defaults to False.
         fingerprint (str | None): expected data fingerprint (checked against the file's).
+        id_column (str | None): for a ``datasets.Dataset`` base: the column holding the sample ids.
+        verify (bool): check each tensor's checksum on first read and require the file to record
+            checksums. Defaults to True; False opens files written without them (a warning is logged).
 
     Raises:
         DifficultyFileError: truncated/corrupted file, another schema or library major version,
-            missing tensors, or a sample count / fingerprint that does not match.
+            missing tensors, metadata that does not match its checksums, or a base dataset whose
+            length, ids or fingerprint do not match.
 
     Example:
         >>> ds = MetaTokenDifficultyDataset("difficulty.safetensors", my_dataset)  # doctest: +SKIP
@@ -341,9 +564,18 @@ class MetaTokenDifficultyDataset(Dataset):
     """
 
     def __init__(self, path: str | Path, base_dataset: Any = None, *, return_difficulty: bool = False,
-                 fingerprint: str | None = None):
-        self.path = Path(path)
-        self._header, self._data_start = read_safetensors_header(self.path)
+                 fingerprint: str | None = None, id_column: str | None = None, verify: bool = True):
+        self._open(path, verify)
+        self.base_dataset = base_dataset
+        self.return_difficulty = bool(return_difficulty)
+        self._check_items = False
+        self._check_base(base_dataset, fingerprint, id_column)
+
+    def _open(self, path: str | Path, verify: bool) -> None:
+        self._path = Path(path)
+        self._verify_reads = bool(verify)
+        self._header, self._data_start = read_safetensors_header(self._path)
+        self._header_digest = hashlib.sha256(_json(self._header).encode("ascii")).hexdigest()
         meta = self._header.get("__metadata__") or {}
         if meta.get("format") != SCHEMA:
             raise DifficultyFileError(f"{self.path}: not a torch_curriculum difficulty file "
@@ -354,10 +586,18 @@ class MetaTokenDifficultyDataset(Dataset):
         if _major(meta.get("library_version", "?")) != _major(__version__):
             raise DifficultyFileError(f"{self.path}: written by torch_curriculum {meta.get('library_version')!r}, "
                                       f"incompatible with {__version__} (major version differs); recompute the file")
+        if _CHECKSUMS not in meta:
+            if verify:
+                raise DifficultyFileError(f"{self.path}: records no checksums (written by an older torch_curriculum "
+                                          "or another tool), so its integrity cannot be checked; recompute it, or "
+                                          "open it with verify=False to use it unchecked")
+            logger.warning("%s records no checksums; opened unchecked (verify=False)", self.path)
         try:
             self._n = int(meta["num_samples"])
             self._l = int(meta["num_layers"])
             self._prov = json.loads(meta["provenance"])
+            if self._n < 1 or self._l < 1 or not isinstance(self._prov, dict):
+                raise ValueError("num_samples/num_layers must be >= 1 and provenance a JSON object")
         except (KeyError, ValueError) as e:
             raise DifficultyFileError(f"{self.path}: corrupted metadata ({e})") from None
         self._score_keys = [k[len("scores."):] for k in self._header if k.startswith("scores.")]
@@ -373,40 +613,204 @@ class MetaTokenDifficultyDataset(Dataset):
             if info["dtype"] != dt or list(info["shape"]) != shape:
                 raise DifficultyFileError(f"{self.path}: tensor {name!r} is {info['dtype']}{info['shape']}, "
                                           f"expected {dt}{shape}")
-        if "sample_ids.utf8" not in self._header:
+        info = self._header.get("sample_ids.utf8")
+        if info is None:
             raise DifficultyFileError(f"{self.path}: tensor 'sample_ids.utf8' is missing")
+        if info["dtype"] != "U8" or len(info["shape"]) != 1:
+            raise DifficultyFileError(f"{self.path}: tensor 'sample_ids.utf8' is {info['dtype']}{info['shape']}, "
+                                      "expected U8[bytes]")
         self._arrays: dict[str, np.ndarray] = {}
+        self._verified: set[str] = set()
         self._ids: list[str] | None = None
-        self.base_dataset = base_dataset
-        self.return_difficulty = bool(return_difficulty)
-        self._check_base(base_dataset, fingerprint)
+
+    # -- pickling: the path and a digest of the header, never the arrays
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": str(self._path), "header_sha256": self._header_digest, "verify": self._verify_reads,
+                "verified": sorted(self._verified), "base_dataset": self.base_dataset,
+                "return_difficulty": self.return_difficulty, "check_items": self._check_items}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._open(state["path"], state["verify"])
+        if self._header_digest != state["header_sha256"]:
+            raise DifficultyFileError(f"{self.path}: the file changed after this dataset was opened (its header "
+                                      "differs from the one checked then); open it again")
+        self._verified = set(state["verified"])
+        self.base_dataset = state["base_dataset"]
+        self.return_difficulty = state["return_difficulty"]
+        self._check_items = state["check_items"]
 
     # -- checks
-    def _check_base(self, base: Any, fingerprint: str | None) -> None:
+    def _mismatch(self, i: int, theirs: Any, what: str) -> DifficultyFileError:
+        return DifficultyFileError(
+            f"{self.path}: {what} item {i} has sample_id {theirs!r} but the file scores {self.sample_ids[i]!r} at "
+            f"index {i}; the base dataset is not in the file's order (reordered, shuffled, filtered or other data)")
+
+    def _compare_ids(self, ids: Sequence[Any], what: str) -> None:
+        mine = self.sample_ids
+        for i, (a, b) in enumerate(zip(ids, mine)):
+            if a != b:
+                raise self._mismatch(i, a, what)
+
+    def _check_base(self, base: Any, fingerprint: str | None, id_column: str | None) -> None:
         file_fp = self.metadata.get("fingerprint")
+        checked = fingerprint is not None
         if base is not None:
             if hasattr(base, "__len__") and len(base) != self._n:
                 raise DifficultyFileError(f"{self.path}: holds {self._n} samples but the base dataset has "
                                           f"{len(base)}; the file belongs to another data set")
-            if fingerprint is None:
-                fp = getattr(base, "fingerprint", None)
-                if callable(fp):
-                    fp = fp()
-                if fp is None and getattr(base, "samples", None) is not None:
-                    samples = list(base.samples)
-                    if samples and all(hasattr(s, "persona") and hasattr(s, "context") for s in samples):
-                        from .data import data_fingerprint
-                        fp = data_fingerprint(samples)
-                fingerprint = fp
+            if _is_hf_dataset(base):
+                self._check_hf(base, id_column)
+                checked = True
+            else:
+                if id_column is not None:
+                    raise ValueError("id_column applies to a Hugging Face datasets.Dataset base only, got "
+                                     f"{type(base).__name__}")
+                ids = _cheap_ids(base)
+                if ids is not None:
+                    self._compare_ids(ids, "base dataset")
+                    checked = True
+                elif hasattr(base, "__getitem__") and self._n:
+                    with contextlib.suppress(Exception):  # a probe only; __getitem__ raises its own errors later
+                        self._check_items = _item_id(base[0]) is not None
+                    if self._check_items:
+                        self._check_item(0, base[0])
+                        checked = True
+                if fingerprint is None:
+                    fp = getattr(base, "fingerprint", None)
+                    if callable(fp):
+                        fp = fp()
+                    if fp is None and getattr(base, "samples", None) is not None:
+                        samples = list(base.samples)
+                        if samples and all(hasattr(s, "persona") and hasattr(s, "context") for s in samples):
+                            from .data import data_fingerprint
+                            fp = data_fingerprint(samples)
+                    if fp is not None and not isinstance(fp, str):
+                        raise TypeError(f"base dataset fingerprint must be a str, got {type(fp).__name__}")
+                    fingerprint = fp
+                    checked = checked or fp is not None
+            if not checked:
+                logger.warning("%s: the base dataset (%s) carries no sample ids and no fingerprint, so its order "
+                               "cannot be checked against the file; item i is assumed to be the file's sample i",
+                               self.path, type(base).__name__)
         if fingerprint is not None and fingerprint != file_fp:
             raise DifficultyFileError(f"{self.path}: data fingerprint {file_fp!r} does not match the data set's "
                                       f"{fingerprint!r}; the file was computed on other data (or another order)")
 
+    def _check_hf(self, ds: Any, id_column: str | None) -> None:
+        inputs = self._prov.get("inputs") if isinstance(self._prov.get("inputs"), dict) else {}
+        col = id_column
+        if col is None and isinstance(inputs.get("id_column"), str) and inputs["id_column"] in ds.column_names:
+            col = inputs["id_column"]
+        if col is None and "sample_id" in ds.column_names:
+            col = "sample_id"
+        if col is not None:
+            if col not in ds.column_names:
+                raise DifficultyFileError(f"{self.path}: id_column {col!r} is not a column of the base dataset; "
+                                          f"it has {ds.column_names}")
+            ids = ["" if v is None else str(v) for v in ds[col]]
+            self._compare_ids(ids, f"datasets.Dataset (column {col!r})")
+            return
+        recorded = inputs.get("rows_fingerprint")
+        if isinstance(recorded, str):
+            cols = inputs.get("rows_fingerprint_columns")
+            try:
+                got = rows_fingerprint(ds, cols if isinstance(cols, list) else None)
+            except KeyError as e:
+                raise DifficultyFileError(f"{self.path}: the base dataset lacks a column the file was computed "
+                                          f"from: {e.args[0]}") from None
+            if got != recorded:
+                raise DifficultyFileError(f"{self.path}: the rows of the base datasets.Dataset differ from the rows "
+                                          "this file scores (fingerprint mismatch: shuffled, filtered, another split "
+                                          "or edited); use the dataset the file was computed on, in its order")
+            return
+        if rows_fingerprint(ds) == self.metadata.get("fingerprint"):
+            return
+        raise DifficultyFileError(f"{self.path}: cannot check that the base datasets.Dataset holds the rows this file "
+                                  "scores, in order: it has no 'sample_id' column and the file records no row "
+                                  "fingerprint; pass id_column=<column with the file's sample ids>")
+
+    def _check_item(self, i: int, item: Any) -> None:
+        sid = _item_id(item)
+        if sid != self.sample_ids[i]:
+            raise self._mismatch(i, sid, "base dataset")
+
     # -- lazy tensors
     def _get(self, name: str) -> torch.Tensor:
         if name not in self._arrays:
-            self._arrays[name] = _memmap(self.path, self._header, self._data_start, name)
+            if self._verify_reads and name not in self._verified:
+                _verify_tensor(self._path, self._header, self._data_start, name)
+                self._verified.add(name)
+            self._arrays[name] = _memmap(self._path, self._header, self._data_start, name)
         return torch.from_numpy(self._arrays[name])
+
+    def verify(self) -> MetaTokenDifficultyDataset:
+        """Check the whole file now: header, every tensor's checksum, ids, and that every score,
+        percentile and stage follows from the stored differences and the recorded settings.
+
+        Returns:
+            MetaTokenDifficultyDataset: ``self`` (so ``MetaTokenDifficultyDataset(p).verify()`` chains).
+
+        Raises:
+            DifficultyFileError: naming the tensor, field or sample that does not match.
+
+        Example:
+            >>> MetaTokenDifficultyDataset("difficulty.safetensors").verify()  # doctest: +SKIP
+        """
+        header, start = read_safetensors_header(self._path)
+        if hashlib.sha256(_json(header).encode("ascii")).hexdigest() != self._header_digest:
+            raise DifficultyFileError(f"{self.path}: the file changed after it was opened; open it again")
+        if _CHECKSUMS not in (header.get("__metadata__") or {}):
+            raise DifficultyFileError(f"{self.path}: records no checksums, so its integrity cannot be verified")
+        for name in sorted(k for k in header if k != "__metadata__"):
+            _verify_tensor(self._path, header, start, name)
+            self._verified.add(name)
+        self._ids = None
+        _ = self.sample_ids
+        self._verify_semantics()
+        return self
+
+    def _verify_semantics(self) -> None:
+        p = self._prov
+        try:
+            k, tau = int(p["top_k"]), float(p["tau"])
+            primary = str(p["primary_score_name"])
+            stage_pct = [float(x) for x in p["stage_percentiles"]]
+            normalization = p.get("normalization")
+        except (KeyError, TypeError, ValueError) as e:
+            raise DifficultyFileError(f"{self.path}: provenance lacks a scoring setting ({e})") from None
+
+        def close(name: str, got: torch.Tensor, exp: torch.Tensor) -> None:
+            bad = ~torch.isclose(got, exp, rtol=1e-9, atol=1e-12)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                raise DifficultyFileError(f"{self.path}: {name} of sample {i} ({self.sample_ids[i]!r}) is "
+                                          f"{got.reshape(len(got), -1)[i].tolist()}, but the stored differences and "
+                                          f"settings give {exp.reshape(len(exp), -1)[i].tolist()}")
+
+        if normalization in ("rank", "zscore", "robust", "none"):
+            close("layer_diffs", self.layer_diffs, normalize_layers(self.raw_layer_diffs.clone(), normalization))
+        if k > self._l:
+            raise DifficultyFileError(f"{self.path}: provenance top_k={k} exceeds the file's {self._l} layers")
+        expected = score_all(self.layer_diffs.clone(), k=k, tau=tau)
+        for name in self._score_keys:
+            if name in expected:
+                close(f"scores.{name}", self.scores(name), expected[name])
+        if primary not in expected:
+            raise DifficultyFileError(f"{self.path}: provenance primary score {primary!r} is not one of {sorted(expected)}")
+        close("difficulty", self.difficulty, expected[primary])
+        pct = percentiles(expected[primary])
+        close("percentile", self.percentile, pct)
+        st = assign_stages(pct, stage_pct)
+        bad = self.stage != st
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise DifficultyFileError(f"{self.path}: stage of sample {i} ({self.sample_ids[i]!r}) is "
+                                      f"{int(self.stage[i])}, its percentile gives stage {int(st[i])}")
+
+    @property
+    def path(self) -> Path:
+        """The difficulty file's path (what a pickled copy re-opens)."""
+        return self._path
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -420,10 +824,12 @@ class MetaTokenDifficultyDataset(Dataset):
 
     @property
     def num_layers(self) -> int:
+        """L, the number of compared (edge) layers."""
         return self._l
 
     @property
     def top_k(self) -> int:
+        """K of the ``top{K}_mean`` score."""
         return int(self._prov["top_k"])
 
     @property
@@ -443,6 +849,7 @@ class MetaTokenDifficultyDataset(Dataset):
 
     @property
     def percentile(self) -> torch.Tensor:
+        """``[N]`` fraction of samples whose primary score is <= the sample's own."""
         return self._get("percentile")
 
     @property
@@ -452,13 +859,23 @@ class MetaTokenDifficultyDataset(Dataset):
 
     @property
     def sample_ids(self) -> list[str]:
-        """The N sample ids (decoded on first access)."""
+        """The N sample ids (decoded on first access; unique, non-empty)."""
         if self._ids is None:
             blob = self._get("sample_ids.utf8").numpy().tobytes()
             off = self._get("sample_ids.offsets").tolist()
-            if off[0] != 0 or off[-1] != len(blob) or any(b < a for a, b in itertools.pairwise(off)):
+            if off[0] != 0 or off[-1] != len(blob) or any(b <= a for a, b in itertools.pairwise(off)):
                 raise DifficultyFileError(f"{self.path}: corrupted sample id offsets")
-            self._ids = [blob[a:b].decode("utf-8") for a, b in itertools.pairwise(off)]
+            ids = []
+            for i, (a, b) in enumerate(itertools.pairwise(off)):
+                try:
+                    ids.append(blob[a:b].decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise DifficultyFileError(f"{self.path}: sample id {i} is not valid UTF-8 (corrupted)") from None
+            if len(set(ids)) != len(ids):
+                seen: set[str] = set()
+                dup = next(s for s in ids if s in seen or seen.add(s))
+                raise DifficultyFileError(f"{self.path}: sample id {dup!r} occurs twice (corrupted file)")
+            self._ids = ids
         return self._ids
 
     def scores(self, name: str) -> torch.Tensor:
@@ -481,6 +898,8 @@ class MetaTokenDifficultyDataset(Dataset):
                     "percentile": float(self.percentile[i]), "stage": int(self.stage[i]),
                     "layer_diffs": self.layer_diffs[i].clone()}
         item = self.base_dataset[i]
+        if self._check_items:
+            self._check_item(int(i), item)
         return (item, float(self.difficulty[i])) if self.return_difficulty else item
 
     def write_labels(self, path: str | Path, *, overwrite: bool = False) -> Path:
