@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ __all__ = [
     "MetaTokenSection",
     "TrainingSection",
     "canonical_strategy",
+    "load_yaml",
 ]
 
 POOLINGS = ("mean", "last", "meta")
@@ -286,6 +288,66 @@ class TrainingSection:
                               f"({self.curriculum_start_epoch}..{self.curriculum_end_epoch})")
 
 
+def load_yaml(path: str | Path) -> Any:
+    """Parse a YAML file strictly: UTF-8 (a BOM is allowed), and a key that occurs twice in one
+    mapping is an error (plain YAML loaders keep the last one silently).
+
+    Args:
+        path (str | Path): the file.
+
+    Returns:
+        Any: the parsed document.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        IsADirectoryError: the path is a directory.
+        ConfigError: keyed by the file name: invalid UTF-8 (line and byte offset named), invalid
+            YAML, or a duplicate key (the key and both lines named).
+
+    Example:
+        >>> load_yaml("examples/configs/seed.yaml")["curriculum"]["strategy"]  # doctest: +SKIP
+        'layer_wise_progressive'
+    """
+    import yaml  # transformers depends on pyyaml
+
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"config {path} is a directory, expected a YAML file")
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(str(path), f"is not UTF-8 text (line {line}, byte offset {e.start}: "
+                          f"{raw[e.start:e.start + 1]!r})") from None
+
+    class _StrictLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # unhashable key: the base constructor reports it
+                continue
+            if first is not None:
+                raise ConfigError(str(path), f"duplicate key {key!r} at line {line} (first defined at line {first}); "
+                                  "YAML would silently keep only the last one")
+            seen[key] = line
+        return loader.construct_mapping(node, deep=deep)
+
+    _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), f"is not valid YAML: {e}") from None
+
+
 def _type_ok(value: Any, tp: Any) -> bool:
     """Whether ``value`` (parsed from YAML/JSON) fits the annotation ``tp``; bools are never numbers."""
     origin = typing.get_origin(tp)
@@ -346,8 +408,29 @@ def _build_section(cls: type, data: Any, prefix: str):
         value = _coerce(value, hints[key])
         kwargs[key] = value
     section = cls(**kwargs)
+    _check_values(section, prefix)
     section.validate(prefix)
     return section
+
+
+# What torch.Generator().manual_seed and numpy.random.default_rng both accept.
+SEED_RANGE = (0, 2**64 - 1)
+
+
+def _check_values(section: Any, prefix: str) -> None:
+    """Checks common to every field: numbers are finite (YAML ``.nan`` / ``.inf`` would silently stop
+    pacing or ordering), and ``seed`` is one that torch and numpy accept (checked here, not after
+    hours of model passes)."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        items = value if isinstance(value, list) else [value]
+        for v in items:
+            for x in (v if isinstance(v, list) else [v]):
+                if isinstance(x, float) and not math.isfinite(x):
+                    raise ConfigError(f"{prefix}.{f.name}", f"must be a finite number, got {x}")
+        if f.name == "seed" and isinstance(value, int) and not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+            raise ConfigError(f"{prefix}.seed", f"must lie in [0, 2**64 - 1] (what torch.manual_seed and "
+                              f"numpy.random.default_rng accept), got {value}")
 
 
 @dataclass
@@ -384,6 +467,7 @@ class CurriculumConfig:
             section = getattr(self, name)
             if not isinstance(section, cls):
                 raise ConfigError(name, f"must be a {cls.__name__}, got {type(section).__name__}")
+            _check_values(section, name)
             section.validate(name)
 
     @classmethod
@@ -411,16 +495,12 @@ class CurriculumConfig:
 
         Raises:
             FileNotFoundError: the file does not exist.
-            ConfigError: the YAML cannot be parsed (key ``<file>``) or a value is invalid.
+            IsADirectoryError: the path is a directory.
+            ConfigError: the file is not UTF-8, the YAML cannot be parsed or holds a duplicate key
+                (key ``<file>``, with the line), or a value is invalid.
         """
-        import yaml  # transformers depends on pyyaml
-
         path = Path(path)
-        text = path.read_text(encoding="utf-8")
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(str(path), f"is not valid YAML: {e}") from None
+        data = load_yaml(path)
         try:
             return cls.from_dict(data)
         except ConfigError as e:
