@@ -150,16 +150,33 @@ def _make_id(source: str, split: str, index: int) -> str:
     return f"{source}_{split}_{index:05d}"
 
 
-def _read_text(path: Path) -> str:
+def _not_utf8(path: Path) -> DialogueFormatError:
+    """The error for a file that is not UTF-8, naming the line and byte offset of the first bad byte."""
+    raw = path.read_bytes()
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return DialogueFormatError(path, "line 1, byte offset 0", "starts with a UTF-16 byte-order mark; this "
+                                   "reader takes UTF-8 (with or without a BOM): re-save the file as UTF-8")
     try:
-        return path.read_text(encoding="utf-8")
+        raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DialogueFormatError(path, f"byte {e.start}", "is not UTF-8 text") from None
+        line = raw.count(b"\n", 0, e.start) + 1
+        return DialogueFormatError(path, f"line {line}, byte offset {e.start}",
+                                   f"is not UTF-8 text (byte {raw[e.start:e.start + 1]!r}); re-save the file as UTF-8")
+    return DialogueFormatError(path, None, "is not UTF-8 text")  # pragma: no cover - the caller saw an error
+
+
+def _read_text(path: Path) -> str:
+    # utf-8-sig: a byte-order mark (Excel and Notepad write one) is dropped, not read as text
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
 
 
 def _first_line(path: Path) -> str:
     with path.open("rb") as f:
         head = f.read(65536)
+    head = head.removeprefix(b"\xef\xbb\xbf")
     for raw in head.splitlines():
         line = raw.decode("utf-8", errors="replace").strip()
         if line:
@@ -237,7 +254,9 @@ def read_dialogues(path: str | Path, *, format: str = "auto", source: str | None
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        DialogueFormatError: empty file, unknown format, a malformed line/row/record (the message names
+        IsADirectoryError: ``path`` is a directory.
+        DialogueFormatError: not UTF-8 (the line and byte offset are named; a byte-order mark is
+            accepted and dropped), empty file, unknown format, a malformed line/row/record (the message names
             the file, the line or record, and what was expected), duplicate sample ids, or no sample.
         ValueError: a bad argument.
 
@@ -246,6 +265,8 @@ def read_dialogues(path: str | Path, *, format: str = "auto", source: str | None
         'personachat_valid_00001'
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"dialogue path {path} is a directory, expected a dialogue file")
     if not path.is_file():
         raise FileNotFoundError(f"dialogue file {path} does not exist")
     if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
@@ -297,7 +318,7 @@ def _read_parlai(path: Path, source: str, split: str) -> Iterator[DialogueSample
     persona: list[str] = []
     history: list[str] = []
     started = False  # a dialogue line was seen in the current episode
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for lineno, raw in enumerate(_utf8_lines(path, f), 1):
             line = raw.rstrip("\r\n")
             if not line.strip():
@@ -346,7 +367,7 @@ def _utf8_lines(path: Path, f) -> Iterator[str]:
     try:
         yield from f
     except UnicodeDecodeError:
-        raise DialogueFormatError(path, None, "is not UTF-8 text") from None
+        raise _not_utf8(path) from None
 
 
 def _str_list(value: Any, *, allow_empty: bool = True) -> bool:
@@ -406,7 +427,7 @@ def _csv_persona(text: str) -> tuple[str, ...]:
 def _read_synthetic_csv(path: Path, source: str, split: str) -> Iterator[DialogueSample]:
     index = 0
     appended = merged = short = 0  # reported in one log line at the end
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(_utf8_lines(path, f))
         try:
             header = next(reader)
@@ -526,7 +547,7 @@ _JSONL_KEYS = ("sample_id", "persona", "context", "response")
 
 def _read_jsonl(path: Path, source: str, split: str) -> Iterator[DialogueSample]:
     index = 0
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for lineno, line in enumerate(_utf8_lines(path, f), 1):
             if not line.strip():
                 continue
