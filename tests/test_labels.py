@@ -81,7 +81,7 @@ def _write(tmp_path, with_header=False):
     ("mutate", "message"),
     [
         (lambda rs: rs[3]["difficulty_scores"].__setitem__("mean", 0.123), r"line 4 \(sample 's3'\): difficulty_scores.mean"),
-        (lambda rs: rs[2]["meta_token_diff"].pop("layer_5"), r"sample 's2'.*has 5 layers"),
+        (lambda rs: rs[2]["meta_token_diff"].pop("layer_5"), r"sample 's2'.*missing \['layer_5'\]"),
         (lambda rs: rs[0]["meta_token_diff"].pop("layer_1"), r"sample 's0'.*missing \['layer_1'\]"),
         (lambda rs: rs[5].__setitem__("sample_id", "s1"), r"sample 's1'.*duplicate sample_id, first seen at line 2"),
         (lambda rs: rs[1]["meta_token_diff"].__setitem__("layer_0", "0.5"), r"sample 's1'.*layer_0' must be a finite number"),

@@ -13,13 +13,17 @@ the stage are computed from them, so a reader can check the file (and :func:`rea
 The label file itself stays pure seed schema (any JSON tool reads it); provenance (library version,
 K, tau, stage percentiles, primary score, models, metric, ... whatever the caller passes) goes into a
 sidecar header ``<file>.header.json`` that also records the label file's sha256, so a header can
-never silently describe another file.
+never silently describe another file. The header is written first (each file atomically), so no
+kill point leaves a label file without its header; a label file that has none (written by another
+tool) is read with a logged warning that its percentiles and stages cannot be verified.
+JSONL records end at ``\n`` only; U+2028, U+2029 and U+0085 in ids are written escaped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -43,12 +47,14 @@ from .difficulty import (
 __all__ = ["LABEL_SCHEMA_VERSION", "LabelFileError", "header_path", "read_labels", "write_labels"]
 
 LABEL_SCHEMA_VERSION = 1
+logger = logging.getLogger(__name__)
 _LAYER_KEY = re.compile(r"^layer_(\d+)$")
 _TOPK_KEY = re.compile(r"^top(\d+)_mean$")
 _RECORD_KEYS = ("sample_id", "meta_token_diff", "difficulty_scores", "difficulty_percentile", "curriculum_stage")
 # Written floats round-trip exactly (repr); the tolerance only absorbs summation order and
 # files written by other tools with float32 precision.
 _RTOL, _ATOL = 1e-6, 1e-6
+_LINE_SEPARATORS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
 
 
 class LabelFileError(ValueError):
@@ -152,6 +158,9 @@ def write_labels(
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     else:
         body = json.dumps(records, ensure_ascii=False, indent=1) + "\n"
+    # JSON allows U+2028/U+2029/U+0085 raw inside strings, but line readers (str.splitlines, many
+    # JSONL tools) split on them; escaped they round-trip everywhere. They only occur inside strings.
+    body = body.translate(_LINE_SEPARATORS)
     data = body.encode("utf-8")
     header = {
         "schema": "torch_curriculum.labels",
@@ -169,33 +178,75 @@ def write_labels(
     }
     header_bytes = (json.dumps(header, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as f:
-        f.write(data)
+    # Header first: it records the sha256 of the label file about to be written, so whatever the kill
+    # point, a reader finds either no label file, a header that does not match (refused, the file is
+    # named), or both complete. Labels first would leave, after a kill in between, a label file with
+    # no header, whose stages and percentiles nothing can check.
     with atomic_write(header_path(path)) as f:
         f.write(header_bytes)
+    with atomic_write(path) as f:
+        f.write(data)
     return path
 
 
-def _load_records(path: Path, fmt: str) -> list[tuple[str, Any]]:
+def _decode(path: Path, raw: bytes) -> str:
+    """UTF-8 text of a label or header file (a leading BOM dropped); errors name line and byte offset."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise LabelFileError(f"{path}, line {line}: not UTF-8 text (byte offset {e.start}: "
+                             f"{raw[e.start:e.start + 1]!r})") from None
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _parse(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_no_duplicates)
+
+
+def _load_records(path: Path, fmt: str, raw: bytes) -> list[tuple[str, Any]]:
     """Parse the file into (location, object) pairs; location names a line or an array index."""
-    text = path.read_text(encoding="utf-8")
+    text = _decode(path, raw)
     if fmt == "jsonl":
         out = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        # JSON Lines ends records at "\n" only: str.splitlines() would also split inside an id holding
+        # U+2028, U+0085, \x1c ... (written raw by other tools; valid JSON string characters)
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
-                out.append((f"line {lineno}", json.loads(line)))
+                out.append((f"line {lineno}", _parse(line.removesuffix("\r"))))
+            except _DuplicateKey as e:
+                raise LabelFileError(f"{path}, line {lineno}: key {e.args[0]!r} occurs twice in one object") from None
             except json.JSONDecodeError as e:
                 raise LabelFileError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
         return out
     try:
-        data = json.loads(text)
+        data = _parse(text)
+    except _DuplicateKey as e:
+        raise LabelFileError(f"{path}: key {e.args[0]!r} occurs twice in one object") from None
     except json.JSONDecodeError as e:
         raise LabelFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(data, list):
         raise LabelFileError(f"{path}: expected a JSON array of label objects, got {type(data).__name__}")
     return [(f"item {i}", r) for i, r in enumerate(data)]
+
+
+def _layer_count(r: Any) -> int | None:
+    diff = r.get("meta_token_diff") if isinstance(r, dict) else None
+    return len(diff) if isinstance(diff, dict) and diff else None
 
 
 def _is_number(x: Any) -> bool:
@@ -221,7 +272,8 @@ def read_labels(path: str | Path, *, verify: bool = True) -> tuple[list[dict[str
 
     Raises:
         FileNotFoundError: the file does not exist.
-        LabelFileError: malformed JSON, missing/extra layers, bad types, duplicate ids, scores that
+        IsADirectoryError: the path is a directory.
+        LabelFileError: not UTF-8 (line and byte offset named), a key twice in one object, malformed JSON, missing/extra layers, bad types, duplicate ids, scores that
             do not match ``meta_token_diff``, or a header that belongs to another file (the sample
             and the field are named).
 
@@ -230,22 +282,48 @@ def read_labels(path: str | Path, *, verify: bool = True) -> tuple[list[dict[str
     """
     path = Path(path)
     fmt = _fmt(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"label file {path} is a directory, expected a .json/.jsonl file")
     if not path.exists():
         raise FileNotFoundError(f"label file {path} does not exist")
+    raw = path.read_bytes()
     header: dict[str, Any] = {}
     hpath = header_path(path)
     if hpath.exists():
         try:
-            header = json.loads(hpath.read_text(encoding="utf-8"))
+            header = _parse(_decode(hpath, hpath.read_bytes()))
+        except _DuplicateKey as e:
+            raise LabelFileError(f"{hpath}: header key {e.args[0]!r} occurs twice") from None
         except json.JSONDecodeError as e:
             raise LabelFileError(f"{hpath}: header is not valid JSON ({e.msg})") from None
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if not isinstance(header, dict):
+            raise LabelFileError(f"{hpath}: header must be a JSON object, got {type(header).__name__}")
+        digest = hashlib.sha256(raw).hexdigest()
         if header.get("sha256") != digest:
             raise LabelFileError(f"{hpath}: header sha256 {header.get('sha256')} does not match {path} ({digest}); "
-                                 "the header belongs to another version of the file")
-    items = _load_records(path, fmt)
+                                 "the header belongs to another version of the file (or the file was edited, "
+                                 "or a write was interrupted)")
+        for key, ok in (("num_samples", lambda v: isinstance(v, int) and v >= 1),
+                        ("num_layers", lambda v: isinstance(v, int) and v >= 1),
+                        ("top_k", lambda v: isinstance(v, int) and v >= 1),
+                        ("tau", lambda v: _is_number(v) and v > 0),
+                        ("stage_percentiles", lambda v: isinstance(v, list) and v and all(_is_number(x) for x in v)),
+                        ("primary_score", lambda v: v in AGGREGATES)):
+            if key in header and not ok(header[key]):
+                raise LabelFileError(f"{hpath}: header field {key!r} has an invalid value {header[key]!r}")
+    else:
+        logger.warning("%s has no header %s: its scores are checked against meta_token_diff, but its "
+                       "difficulty_percentile and curriculum_stage cannot be verified", path, hpath.name)
+    items = _load_records(path, fmt, raw)
     if not items:
         raise LabelFileError(f"{path}: holds no label records")
+    counts = [c for c in (_layer_count(r) for _, r in items) if c is not None]
+    if isinstance(header.get("num_layers"), int):
+        expect_layers: int | None = header["num_layers"]
+    elif counts:  # the most common count, so a record missing a layer is the one blamed
+        expect_layers = max(sorted(set(counts)), key=counts.count)
+    else:
+        expect_layers = None
 
     records: list[dict[str, Any]] = []
     ids: dict[str, str] = {}
@@ -277,15 +355,16 @@ def read_labels(path: str | Path, *, verify: bool = True) -> tuple[list[dict[str
             if not _is_number(v):
                 raise LabelFileError(f"{loc}: 'meta_token_diff.{k}' must be a finite number, got {v!r}")
             layer_idx[int(m.group(1))] = float(v)
-        expected = set(range(len(layer_idx)))
+        want = expect_layers if expect_layers is not None else len(layer_idx)
+        expected = set(range(want))
         if set(layer_idx) != expected:
             gaps = sorted(expected - set(layer_idx))
-            raise LabelFileError(f"{loc}: 'meta_token_diff' must hold layer_0..layer_{len(layer_idx) - 1}; "
-                                 f"missing {[f'layer_{g}' for g in gaps]}")
-        if n_layers is None:
-            n_layers = len(layer_idx)
-        elif len(layer_idx) != n_layers:
-            raise LabelFileError(f"{loc}: has {len(layer_idx)} layers, earlier samples have {n_layers}")
+            extra = sorted(set(layer_idx) - expected)
+            basis = "the header's num_layers" if isinstance(header.get("num_layers"), int) else "most samples"
+            raise LabelFileError(f"{loc}: 'meta_token_diff' must hold layer_0..layer_{want - 1} ({want} layers, as "
+                                 f"{basis}); missing {[f'layer_{g}' for g in gaps]}"
+                                 + (f", unexpected {[f'layer_{g}' for g in extra]}" if extra else ""))
+        n_layers = want
         scores = r["difficulty_scores"]
         if not isinstance(scores, dict):
             raise LabelFileError(f"{loc}: 'difficulty_scores' must be an object")
