@@ -329,6 +329,8 @@ def load_yaml(path: str | Path) -> Any:
     def construct_mapping(loader: Any, node: Any, deep: bool = False) -> Any:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor" merges, it is not a key
+                continue
             key = loader.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             try:
