@@ -341,6 +341,12 @@ def _check_ids(ids: Sequence[Any], n: int) -> list[str]:
     for i, s in enumerate(ids):
         if not isinstance(s, str) or not s:
             raise ValueError(f"sample id at index {i} must be a non-empty string, got {s!r}")
+        if not s.isascii():
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"sample id at index {i} ({s!r}) is not valid Unicode (a lone surrogate) and "
+                                 "cannot be stored as UTF-8") from None
     if len(set(ids)) != n:
         seen: set[str] = set()
         dup = next(s for s in ids if s in seen or seen.add(s))

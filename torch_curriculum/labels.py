@@ -125,6 +125,13 @@ def write_labels(
     bad = [i for i in ids if not isinstance(i, str) or not i]
     if bad:
         raise ValueError(f"sample ids must be non-empty strings, got {bad[0]!r}")
+    for i, sid in enumerate(ids):
+        if not sid.isascii():
+            try:
+                sid.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"sample id at index {i} ({sid!r}) is not valid Unicode (a lone surrogate) "
+                                 "and cannot be written as UTF-8") from None
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dup = next(i for i in ids if i in seen or seen.add(i))
