@@ -516,13 +516,16 @@ def rows_fingerprint(rows: Any, columns: Sequence[str] | None = None) -> str:
             for values in zip(*(batch[c] for c in cols)):
                 h.update(_json(list(values)).encode("ascii") + b"\n")
         return h.hexdigest()
-    cols_fixed = None if columns is None else list(columns)
+    cols: list[str] | None = None if columns is None else list(columns)
     for i, row in enumerate(rows):
-        cols = sorted(row) if cols_fixed is None else cols_fixed
+        if cols is None:  # all columns, sorted, as the first row has them
+            cols = sorted(row)
+        if i == 0:
+            h.update(_json(cols).encode("ascii") + b"\n")
         missing = [c for c in cols if c not in row]
         if missing:
             raise KeyError(f"row {i}: column(s) {missing} missing; it has {sorted(row)}")
-        h.update(_json({c: row[c] for c in cols}).encode("ascii") + b"\n")
+        h.update(_json([row[c] for c in cols]).encode("ascii") + b"\n")
     return h.hexdigest()
 
 
