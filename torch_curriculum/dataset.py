@@ -46,7 +46,6 @@ import itertools
 import json
 import logging
 import math
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -701,7 +700,7 @@ class MetaTokenDifficultyDataset(Dataset):
                 if labels_path is not None:
                     cls(path).write_labels(labels_path, overwrite=overwrite)
                 if not keep_work_dir:
-                    shutil.rmtree(work, ignore_errors=True)
+                    _remove_work_dir(work)
             except BaseException as e:
                 err = e
         _sync_errors(err, "merging shards")
@@ -739,21 +738,64 @@ def _prompts_for(chunk: Sequence[Any], ex: Any, mt: Any, dialogue: bool, use_cha
                           tokenizer=ex.tokenizer, use_chat_template=use_chat_template, max_length=ex.max_length)
 
 
+_WORK_MANIFEST = "manifest.json"
+
+
+def _is_work_file(name: str) -> bool:
+    """A name precompute writes in its work dir (the manifest, shards, and their atomic-write temps)."""
+    if name == _WORK_MANIFEST or (name.startswith("shard_") and name.endswith(".safetensors")):
+        return True
+    # atomic_write temp files: ".<name>.<random>.tmp"
+    return name.endswith(".tmp") and (name.startswith(f".{_WORK_MANIFEST}.") or name.startswith(".shard_"))
+
+
 def _prepare_work_dir(work: Path, manifest: dict[str, Any]) -> None:
-    work.mkdir(parents=True, exist_ok=True)
-    mpath = work / "manifest.json"
-    text = json.dumps(manifest, sort_keys=True, indent=1, default=str) + "\n"
+    """Create (or re-enter) the work dir; refuse a folder holding anything precompute did not write.
+
+    The manifest records whether this run created the folder, so the cleanup removes the folder
+    itself only then (and only when nothing else landed in it).
+    """
+    if work.exists() and not work.is_dir():
+        raise DifficultyFileError(f"work dir {work} exists and is not a folder; pass another work_dir")
+    mpath = work / _WORK_MANIFEST
     if mpath.exists():
         try:
             old = json.loads(mpath.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             old = None
-        if old is None or old.get("shard_key") != manifest["shard_key"]:
+        if not isinstance(old, dict) or old.get("shard_key") != manifest["shard_key"]:
             raise DifficultyFileError(f"work dir {work} holds shards of another run (other models, data, settings "
                                       "or shard size); delete it or pass another work_dir")
         return
+    created = not work.exists()
+    if not created:
+        foreign = sorted(p.name for p in work.iterdir() if not _is_work_file(p.name))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise DifficultyFileError(f"work dir {work} is not empty and was not created by precompute (it holds "
+                                      f"{shown}); the work dir is deleted after the merge, so pass a new or empty "
+                                      "folder as work_dir")
+    work.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({**manifest, "created_dir": created}, sort_keys=True, indent=1, default=str) + "\n"
     with atomic_write(mpath) as f:
         f.write(text.encode("utf-8"))
+
+
+def _remove_work_dir(work: Path) -> None:
+    """Delete what precompute wrote in ``work``; the folder itself only if precompute created it and it
+    is empty then. Nothing else is ever deleted (the output or other files may live there)."""
+    created = False
+    with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
+        created = bool(json.loads((work / _WORK_MANIFEST).read_text(encoding="utf-8")).get("created_dir"))
+    if not work.is_dir():
+        return
+    for p in work.iterdir():
+        if p.is_file() and _is_work_file(p.name) and p.name != _WORK_MANIFEST:
+            p.unlink(missing_ok=True)
+    (work / _WORK_MANIFEST).unlink(missing_ok=True)  # last: it marks the folder as ours until the end
+    if created:
+        with contextlib.suppress(OSError):
+            work.rmdir()  # fails (and is left) when anything else is in it
 
 
 def _shard_ok(p: Path, shard_key: str, i: int) -> bool:
