@@ -399,6 +399,12 @@ class MetaTokenExtractor:
             with torch.inference_mode():
                 for idx in self.buckets(toks):
                     batch = self._collate(toks, idx)
+                    if self.pooling == "mean":
+                        empty = [idx[r] for r in (batch["content_mask"].sum(1) == 0).nonzero()[:, 0].tolist()]
+                        if empty:
+                            raise ValueError(f"prompt {empty[0]} has no tokens after the first token and the "
+                                             "system prompt; mean pooling needs at least one content token"
+                                             + (f" (also prompts {empty[1:]})" if len(empty) > 1 else ""))
                     try:
                         vec = self.forward_batch(batch)
                     except ValueError as e:
