@@ -392,6 +392,12 @@ class MetaTokenExtractor:
         if len(prompts) == 0:
             raise ValueError("no prompts to extract")
         toks = self.tokenize(prompts)
+        vocab = int(self.decoder.get_input_embeddings().weight.shape[0])
+        for i, tp in enumerate(toks):
+            if tp.ids and (max(tp.ids) >= vocab or min(tp.ids) < 0):
+                bad = next(t for t in tp.ids if t >= vocab or t < 0)
+                raise ValueError(f"prompt {i}: the tokenizer produced token id {bad}, outside the model's "
+                                 f"vocabulary [0, {vocab}); tokenizer and model do not belong together")
         result: torch.Tensor | None = None
         was_training = self.decoder.training
         self.decoder.eval()

@@ -467,6 +467,9 @@ def _plan(n: int, cfg: CurriculumConfig, calibration_size: int, anchors: Sequenc
     mt = cfg.meta_token
     seed = cfg.training.seed
     plan: dict[str, Any] = {"anchors": None, "fit": None, "folds": None, "num_folds": 0}
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63 - 1:
+        raise ValueError(f"training.seed must be an integer in [0, 2**63 - 1) (it seeds the anchor and fold "
+                         f"draws), got {seed!r}")
     if n < MIN_SAMPLES:
         raise ValueError(f"precompute needs at least {MIN_SAMPLES} samples, got N={n}: with fewer, the anchor "
                          "space (each anchor described by the others) collapses and percentiles/stages are "
@@ -596,10 +599,15 @@ def precompute(
     if mt.alignment == "identity" and not callable(cloud_ex.pooling) and cloud_ex.hidden_size != edge_ex.hidden_size:
         raise ValueError(f"alignment='identity' needs equal widths, but the cloud is {cloud_ex.hidden_size} wide "
                          f"and the edge {edge_ex.hidden_size}; use alignment='relative' or 'ridge'")
+    if use_chat_template and dialogue_input(samples):
+        for side, ex in (("cloud", cloud_ex), ("edge", edge_ex)):
+            if not getattr(ex.tokenizer, "chat_template", None):
+                raise ValueError(f"use_chat_template=True but the {side} tokenizer has no chat template; "
+                                 "pass use_chat_template=False or a tokenizer with one")
     plan = _plan(n, cfg, calibration_size, anchors)
     path = Path(path)
     work = Path(work_dir) if work_dir is not None else path.with_name(path.name + ".work")
-    dialogue = all(hasattr(s, "persona") and hasattr(s, "context") and hasattr(s, "response") for s in samples)
+    dialogue = dialogue_input(samples)
     info = {"cloud": {**_model_info(cloud_ex.model, cloud_ex.tokenizer), **cloud_ex.describe()},
             "edge": {**_model_info(edge_ex.model, edge_ex.tokenizer), **edge_ex.describe()}}
     for side in ("cloud", "edge"):
@@ -726,8 +734,10 @@ def precompute(
                           "signal": SIGNAL, "shard_size": shard_size}
             tensors, meta = _finalise(raw, ids, cfg, provenance, fingerprint, run_key=run_key)
             tensors.update(extra)
+            _remove_stale_temps(path)
             write_safetensors(path, tensors, meta)
             if labels_path is not None:
+                _remove_stale_temps(Path(labels_path))
                 MetaTokenDifficultyDataset(path).write_labels(labels_path, overwrite=overwrite)
             if not keep_work_dir:
                 _remove_work_dir(work)
@@ -844,6 +854,11 @@ def _half_progress(bar: Any) -> Callable[[int], None]:
     return update
 
 
+def dialogue_input(samples: Sequence[Any]) -> bool:
+    """True when every sample is dialogue-shaped (``persona``, ``context``, ``response``)."""
+    return all(hasattr(s, "persona") and hasattr(s, "context") and hasattr(s, "response") for s in samples)
+
+
 def _prompts_for(chunk: Sequence[Any], ex: Any, mt: Any, dialogue: bool, use_chat_template: bool) -> list[Any]:
     if not dialogue:
         return list(chunk)
@@ -894,6 +909,17 @@ def _prepare_work_dir(work: Path, manifest: dict[str, Any]) -> None:
     text = json.dumps({**manifest, "created_dir": created}, sort_keys=True, indent=1, default=str) + "\n"
     with atomic_write(mpath) as f:
         f.write(text.encode("utf-8"))
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Remove temp files a killed atomic write of ``target`` left (``.<name>.<random>.tmp`` next to it:
+    only :func:`torch_curriculum._io.atomic_write` makes such names for this target)."""
+    import glob
+
+    if target.parent.is_dir():
+        for p in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def _remove_work_dir(work: Path) -> None:
