@@ -60,7 +60,7 @@ def test_item1_existing_empty_work_dir_is_kept_created_one_is_removed(tmp_path, 
 
 
 def test_item5_empty_prompt_error_names_the_global_sample(tmp_path, setup):
-    texts, cloud, edge, cfg = setup
+    _texts, cloud, edge, cfg = setup
     prompts = make_texts(16, seed=4)
     system = prompts[0][1]
     prompts[13] = (system + "   ", system)  # whitespace-only content at global index 13 (shard 3 of size 4)
@@ -70,7 +70,7 @@ def test_item5_empty_prompt_error_names_the_global_sample(tmp_path, setup):
 
 
 def test_item11_token_ids_beyond_the_vocabulary(tmp_path, setup):
-    texts, cloud, (edge_model, tok), cfg = setup
+    texts, cloud, (_edge_model, tok), cfg = setup
     small = make_model("llama", 32, 4, 40, seed=0)  # 40 rows; the tokenizer has ~150 ids
     with pytest.raises(ValueError, match=r"token id \d+, outside the model's vocabulary \[0, 40\)"):
         MetaTokenDifficultyDataset.precompute(texts, cloud, (small, tok), tmp_path / "v.safetensors", cfg,
