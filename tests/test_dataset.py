@@ -78,12 +78,16 @@ def test_precompute_matches_independent_reference(tmp_path, pair, tok, texts, re
     lm = default_layer_map(4, 6)
     anchors = select_anchors(N, 12, seed=0).numpy()
 
-    def rel(x):
-        mu = x[anchors].mean(0)
-        xc = (x - mu) / np.linalg.norm(x - mu, axis=1, keepdims=True)
-        return xc @ xc[anchors].T
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
-    ref = np.stack([np.linalg.norm(rel(c[:, m]) - rel(e[:, j]), axis=1) for j, m in enumerate(lm)], 1)
+    def rel(x, i, a):  # sample i in the space of anchors a (centred by their mean)
+        mu = x[a].mean(0)
+        return unit(x[i] - mu) @ unit(x[a] - mu).T
+
+    # leave-one-out: an anchor is described by the other anchors only
+    ref = np.array([[np.linalg.norm(rel(c[:, m], i, anchors[anchors != i]) - rel(e[:, j], i, anchors[anchors != i]))
+                     for j, m in enumerate(lm)] for i in range(N)])
     np.testing.assert_allclose(ds.raw_layer_diffs.numpy(), ref, rtol=1e-4, atol=1e-5)
     # derived tensors follow the difficulty functions
     norm = normalize_layers(ds.raw_layer_diffs.clone(), "rank")
@@ -299,7 +303,7 @@ def test_nan_meta_tokens_refused_with_sample_ids(tmp_path, pair, tok, texts):
     ex = MetaTokenExtractor(edge, tok, poisoned)
     with pytest.raises(ValueError, match=r"NaN/Inf for sample\(s\) \['sample_00000006'\]"):
         MetaTokenDifficultyDataset.precompute(prompts, (cloud, tok), ex, tmp_path / "nan.safetensors",
-                                              _cfg(num_anchors=3), progress=False)
+                                              _cfg(num_anchors=4), progress=False)
     raw = torch.rand(5, 4)
     raw[3, 1] = float("inf")
     with pytest.raises(ValueError, match=r"NaN/Inf distances for sample\(s\) \['d'\]"):

@@ -392,6 +392,12 @@ class MetaTokenExtractor:
         if len(prompts) == 0:
             raise ValueError("no prompts to extract")
         toks = self.tokenize(prompts)
+        vocab = int(self.decoder.get_input_embeddings().weight.shape[0])
+        for i, tp in enumerate(toks):
+            if tp.ids and (max(tp.ids) >= vocab or min(tp.ids) < 0):
+                bad = next(t for t in tp.ids if t >= vocab or t < 0)
+                raise ValueError(f"prompt {i}: the tokenizer produced token id {bad}, outside the model's "
+                                 f"vocabulary [0, {vocab}); tokenizer and model do not belong together")
         result: torch.Tensor | None = None
         was_training = self.decoder.training
         self.decoder.eval()
@@ -399,6 +405,12 @@ class MetaTokenExtractor:
             with torch.inference_mode():
                 for idx in self.buckets(toks):
                     batch = self._collate(toks, idx)
+                    if self.pooling == "mean":
+                        empty = [idx[r] for r in (batch["content_mask"].sum(1) == 0).nonzero()[:, 0].tolist()]
+                        if empty:
+                            raise ValueError(f"prompt {empty[0]} has no tokens after the first token and the "
+                                             "system prompt; mean pooling needs at least one content token"
+                                             + (f" (also prompts {empty[1:]})" if len(empty) > 1 else ""))
                     try:
                         vec = self.forward_batch(batch)
                     except ValueError as e:

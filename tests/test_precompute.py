@@ -1,0 +1,139 @@
+"""precompute.py: calibration pass, shard format, anchors that never score themselves, cross-fitting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _tiny_lm import make_model, make_texts, make_tokenizer
+
+from torch_curriculum.config import CurriculumConfig
+from torch_curriculum.dataset import read_safetensors_header
+from torch_curriculum.extraction import MetaTokenExtractor
+from torch_curriculum.precompute import SIGNAL, Calibration, meta_token_signals, precompute
+
+N = 24
+LM = [1, 2, 3, 5]  # default_layer_map(4, 6)
+
+
+@pytest.fixture(scope="module")
+def models():
+    tok = make_tokenizer()
+    return (make_model("qwen2", 48, 6, len(tok), seed=1), tok), (make_model("llama", 32, 4, len(tok), seed=0), tok)
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return make_texts(N, seed=5)
+
+
+def _cfg(**mt):
+    return CurriculumConfig.from_dict({"meta_token": {"num_anchors": 8, "batch_size": 4, **mt}})
+
+
+def test_sample_distance_does_not_depend_on_being_an_anchor(tmp_path, models, texts):
+    cloud, edge = models
+    base = [1, 4, 7, 10, 13, 16]
+    x = 20
+    out = {}
+    for name, anchors in (("drawn", sorted([*base, x])), ("not_drawn", base)):
+        ds = precompute(texts, cloud, edge, tmp_path / f"{name}.safetensors", _cfg(), anchors=anchors,
+                        shard_size=6, progress=False)
+        out[name] = ds.raw_layer_diffs.clone()
+        assert ds.provenance["alignment"]["anchors"] == anchors
+    # sample x scores the same whether or not it was drawn (the anchors' batches differ: float noise only)
+    torch.testing.assert_close(out["drawn"][x], out["not_drawn"][x], rtol=1e-6, atol=1e-9)
+    # and the rule matters: scored in a space that contains itself, x would be far closer
+    c = MetaTokenExtractor(*cloud).extract(texts).double()
+    e = MetaTokenExtractor(*edge).extract(texts).double()
+    a = torch.tensor(sorted([*base, x]))
+
+    def rel(v):
+        mu = v[a].mean(0)
+        u = torch.nn.functional.normalize(v - mu, dim=-1)
+        return u @ u[a].T
+
+    self_scored = torch.stack([torch.linalg.vector_norm(rel(c[:, m]) - rel(e[:, j]), dim=1)[x]
+                               for j, m in enumerate(LM)])
+    assert (self_scored - out["drawn"][x]).abs().max() > 1e-3
+
+
+def test_mahalanobis_and_ridge_cross_fitted_against_numpy(tmp_path, models, texts):
+    """ridge + l2: sample i of fold f is scored by a map fitted on the other folds' calibration samples."""
+    cloud, edge = models
+    ds = precompute(texts, cloud, edge, tmp_path / "r.safetensors", _cfg(alignment="ridge"), shard_size=7,
+                    progress=False, calibration_size=16)
+    al = ds.provenance["alignment"]
+    assert al["calibration_size"] == 16 and al["folds"] == 5
+    from torch_curriculum.alignment import ridge_folds
+
+    fold = ridge_folds(N, 5, 0).numpy()
+    g = torch.Generator().manual_seed(1)
+    fit = torch.randperm(N, generator=g)[:16].sort().values.numpy()
+    c = MetaTokenExtractor(*cloud).extract(texts).double().numpy()[:, LM]
+    e = MetaTokenExtractor(*edge).extract(texts).double().numpy()
+    ref = np.empty((N, 4))
+    for i in range(N):
+        tr = fit[fold[fit] != fold[i]]
+        for j in range(4):
+            ct, et = c[tr, j], e[tr, j]
+            mu_c, sd_c = ct.mean(0), np.where(ct.std(0) > 1e-12, ct.std(0), 1)
+            mu_e, sd_e = et.mean(0), np.where(et.std(0) > 1e-12, et.std(0), 1)
+            ze, zc = (et - mu_e) / sd_e, (ct - mu_c) / sd_c
+            w = np.linalg.solve(ze.T @ ze + np.eye(32), ze.T @ zc) if len(tr) >= 32 else \
+                ze.T @ np.linalg.solve(ze @ ze.T + np.eye(len(tr)), zc)
+            ref[i, j] = np.linalg.norm((c[i, j] - mu_c) / sd_c - ((e[i, j] - mu_e) / sd_e) @ w)
+    np.testing.assert_allclose(ds.raw_layer_diffs.numpy(), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_mahalanobis_relative_is_independent_of_anchor_draw(tmp_path, models, texts):
+    cloud, edge = models
+    base, x = [0, 3, 6, 9, 12], 15
+    got = [precompute(texts, cloud, edge, tmp_path / f"m{k}.safetensors", _cfg(distance_metric="mahalanobis"),
+                      anchors=a, progress=False, calibration_size=N).raw_layer_diffs[x].clone()
+           for k, a in enumerate((base, sorted([*base, x])))]
+    assert bool(torch.isfinite(got[0]).all())
+    torch.testing.assert_close(got[0], got[1], rtol=1e-5, atol=1e-8)
+
+
+def test_shards_hold_named_per_sample_signals_only(tmp_path, models, texts):
+    cloud, edge = models
+    out = tmp_path / "s.safetensors"
+    ds = precompute(texts, cloud, edge, out, _cfg(), shard_size=10, progress=False, keep_work_dir=True)
+    work = tmp_path / "s.safetensors.work"
+    shards = sorted(work.glob("shard_*.safetensors"))
+    assert len(shards) == 3
+    rows = 0
+    for p in shards:
+        h, _ = read_safetensors_header(p)
+        names = sorted(k for k in h if k != "__metadata__")
+        assert names == ["sample_ids.offsets", "sample_ids.utf8", f"signals.{SIGNAL}"]
+        n = h[f"signals.{SIGNAL}"]["shape"][0]
+        assert h[f"signals.{SIGNAL}"]["shape"] == [n, 4] and h[f"signals.{SIGNAL}"]["dtype"] == "F64"
+        rows += n
+        assert p.stat().st_size < 2048 + n * (4 * 8 + 40)  # no [L, d] vectors
+    assert rows == N
+    cal, _ = read_safetensors_header(work / "calibration.safetensors")
+    assert cal["cloud"]["shape"] == [8, 4, 48] and cal["edge"]["shape"] == [8, 4, 32]
+    assert len(ds) == N
+
+
+def test_meta_token_signals_is_a_plain_function(models, texts):
+    cloud, edge = models
+    c = MetaTokenExtractor(*cloud).extract(texts)[:, LM]
+    e = MetaTokenExtractor(*edge).extract(texts)
+    anchors = torch.tensor([2, 5, 8, 11])
+    calib = Calibration(anchors, c[anchors], e[anchors], alignment="relative", metric="cosine", anchors=anchors)
+    sig = meta_token_signals(c[:6], e[:6], torch.arange(6), calib)
+    assert set(sig) == {SIGNAL} and sig[SIGNAL].shape == (6, 4) and sig[SIGNAL].dtype == torch.float64
+    # a non-anchor row against a hand computation
+    def rel(v, a):
+        mu = v[a].double().mean(0)
+        u = torch.nn.functional.normalize(v.double() - mu, dim=-1)
+        return u @ u[a].T
+    j = 1
+    ca, ea = rel(c[:, j], anchors)[0], rel(e[:, j], anchors)[0]
+    expect = 1 - torch.dot(ca, ea) / (ca.norm() * ea.norm())
+    torch.testing.assert_close(sig[SIGNAL][0, j], expect)
+    with pytest.raises(ValueError, match=r"must be \[n, L, d_cloud\]"):
+        meta_token_signals(c[:6], e[:5], torch.arange(6), calib)
