@@ -39,7 +39,7 @@ __all__ = ["STATE_FORMAT", "CurriculumSampler", "DifficultySource", "Time", "Tim
 
 STATE_FORMAT = "torch_curriculum.sampler/2"
 _MIN_CHUNK = 256
-_ROWS_PER_READ = 1 << 16
+_ROWS_PER_READ = 1 << 15
 _MAX_VIEWS = 2  # score orders kept (the current one and one more); a stage change rebuilds once
 
 
@@ -254,16 +254,19 @@ class DifficultySource:
             except (OSError, KeyError, ValueError, struct.error):
                 offset = None
             if offset is not None and dtype == "F64" and shape == [self.n, self.num_layers]:
-                # plain reads, not the memory map: pages of a 2.5 GB table must not stay resident
+                # plain reads into one reused buffer, not the memory map: the pages of a 2.5 GB table
+                # must not stay resident, and only one chunk is alive at a time
                 row_bytes = 8 * self.num_layers
+                buf = bytearray(min(rows, self.n) * row_bytes)
                 with open(path, "rb") as f:
                     for a in range(0, self.n, rows):
                         b = min(a + rows, self.n)
+                        size = (b - a) * row_bytes
                         f.seek(offset + a * row_bytes)
-                        buf = f.read((b - a) * row_bytes)
-                        if len(buf) != (b - a) * row_bytes:
+                        if f.readinto(memoryview(buf)[:size]) != size:
                             raise ValueError(f"{path}: truncated layer_diffs at sample {a}")
-                        yield a, b, np.frombuffer(buf, dtype="<f8").reshape(b - a, self.num_layers)
+                        yield a, b, np.frombuffer(buf, dtype="<f8", count=(b - a) * self.num_layers).reshape(
+                            b - a, self.num_layers)
                 return
         t = self.obj if self.kind == "tensor" else torch.as_tensor(self.obj.layer_diffs)
         for a in range(0, self.n, rows):
@@ -307,7 +310,7 @@ class DifficultySource:
             if spec.how == "mean":
                 out[a:b] = d.mean(axis=1)
             else:
-                out[a:b] = aggregate(torch.from_numpy(np.ascontiguousarray(d)), "topk_mean", k=spec.k).numpy()
+                out[a:b] = aggregate(torch.from_numpy(np.array(d)), "topk_mean", k=spec.k).numpy()
         return out
 
     def identity(self) -> dict[str, Any]:
@@ -623,7 +626,9 @@ class CurriculumSampler(Sampler[int]):
 
         Sample i's stage is the first stage whose pool holds it (layer-wise and hybrid: by the
         active-layer score of that stage, so it can differ from the file's ``stage``, which is the
-        primary-score stage). A strategy without stages (random) puts every sample in stage 1.
+        primary-score stage; those pools are not nested, so the stage-s pool holds samples of stages
+        <= s but not necessarily all of them). A strategy without stages (random) puts every sample in
+        stage 1.
         """
         specs = self.schedule.stage_specs()
         if specs is None:
