@@ -210,7 +210,7 @@ class DifficultySource:
         if self.top_k > self.num_layers:
             raise ValueError(f"top_k={self.top_k} exceeds the number of layers L={self.num_layers}")
         if self.kind == "tensor":
-            for a, b, chunk in self._chunks():  # NaN/Inf anywhere would make every score meaningless
+            for a, _b, chunk in self._chunks():  # NaN/Inf anywhere would make every score meaningless
                 bad = ~np.isfinite(chunk)
                 if bad.any():
                     i, j = np.argwhere(bad)[0]

@@ -111,7 +111,7 @@ def _check_prob(name: str, v: Any, *, low_open: bool = True) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
         raise ValueError(f"{name} must be a number, got {v!r}")
     v = float(v)
-    if not math.isfinite(v) or not ((0 < v) if low_open else (0 <= v)) or v > 1:
+    if not math.isfinite(v) or not (v > 0 if low_open else v >= 0) or v > 1:
         raise ValueError(f"{name} must lie in {'(0, 1]' if low_open else '[0, 1]'}, got {v}")
     return v
 
