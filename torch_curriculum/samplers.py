@@ -144,23 +144,18 @@ def _resolve_top_k(difficulty: Any, top_k: int | None) -> int:
 
 
 class _Common:
-    """The parameters every sampler takes, checked once (see :class:`EasyToHardSampler` for their docs)."""
+    """The parameters every sampler takes, checked once (documented on :class:`EasyToHardSampler`)."""
 
-    def __init__(self, cls_name: str, difficulty: Any, kwargs: dict[str, Any]):
-        unknown = [k for k in kwargs if k not in _COMMON]
-        if unknown:
-            hint = (" (dynamic-pacing parameters belong to DynamicPacingSampler and HybridSampler)"
-                    if set(unknown) & set(_DYNAMIC) else "")
-            raise TypeError(f"{cls_name} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}{hint}")
-        kw = dict(num_stages=3, stage_percentiles=(0.33, 0.66, 1.0), top_k=None, curriculum_start_epoch=0,
-                  curriculum_end_epoch=5, warmup_epochs=1, curriculum_steps=None, warmup_steps=0,
-                  curriculum_start_step=0, seed=0, num_replicas=None, rank=None, drop_last=False, pacing="epoch",
-                  steps_per_epoch=None, samples_per_epoch=None, strict_order=False, chunk_size=65536)
-        kw.update(kwargs)
-        top_k = _resolve_top_k(difficulty, kw["top_k"])
+    def __init__(self, difficulty: Any, *, num_stages: int = 3, stage_percentiles: Sequence[float] = (0.33, 0.66, 1.0),
+                 top_k: int | None = None, curriculum_start_epoch: int = 0, curriculum_end_epoch: int = 5,
+                 warmup_epochs: int = 1, curriculum_steps: int | None = None, warmup_steps: int = 0,
+                 curriculum_start_step: int = 0, seed: int = 0, num_replicas: int | None = None,
+                 rank: int | None = None, drop_last: bool = False, pacing: str = "epoch",
+                 steps_per_epoch: int | None = None, samples_per_epoch: int | None = None,
+                 strict_order: bool = False, chunk_size: int = 65536):
+        top_k = _resolve_top_k(difficulty, top_k)
         self.source = DifficultySource(difficulty, top_k)
-        num_stages = kw["num_stages"]
-        sp = [float(x) for x in kw["stage_percentiles"]]
+        sp = [float(x) for x in stage_percentiles]
         if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 1:
             raise ValueError(f"num_stages must be an integer >= 1, got {num_stages!r}")
         if num_stages != len(sp):
@@ -171,24 +166,23 @@ class _Common:
         _check_stage_percentiles(sp)
         self.sp = tuple(sp)
         self.timeline = Timeline(
-            curriculum_start_epoch=kw["curriculum_start_epoch"], curriculum_end_epoch=kw["curriculum_end_epoch"],
-            warmup_epochs=kw["warmup_epochs"], pacing=kw["pacing"], steps_per_epoch=kw["steps_per_epoch"],
-            curriculum_steps=kw["curriculum_steps"], warmup_steps=kw["warmup_steps"],
-            curriculum_start_step=kw["curriculum_start_step"])
-        self.strict = bool(kw["strict_order"])
-        self.engine = dict(stage_percentiles=self.sp, seed=kw["seed"], num_replicas=kw["num_replicas"],
-                           rank=kw["rank"], drop_last=kw["drop_last"], samples_per_epoch=kw["samples_per_epoch"],
-                           chunk_size=kw["chunk_size"])
+            curriculum_start_epoch=curriculum_start_epoch, curriculum_end_epoch=curriculum_end_epoch,
+            warmup_epochs=warmup_epochs, pacing=pacing, steps_per_epoch=steps_per_epoch,
+            curriculum_steps=curriculum_steps, warmup_steps=warmup_steps, curriculum_start_step=curriculum_start_step)
+        self.strict = bool(strict_order)
+        self.engine = dict(stage_percentiles=self.sp, seed=seed, num_replicas=num_replicas, rank=rank,
+                           drop_last=drop_last, samples_per_epoch=samples_per_epoch, chunk_size=chunk_size)
 
 
-def _split_dynamic(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: kwargs.pop(k) for k in _DYNAMIC if k in kwargs}
+def _pick(names: tuple[str, ...], values: dict[str, Any]) -> dict[str, Any]:
+    return {k: values[k] for k in names}
 
 
 class RandomOrderSampler(CurriculumSampler):
     """The baseline: a fresh random permutation of all samples every epoch (same interface).
 
-    The common curriculum parameters are accepted (and validated) but change nothing.
+    The common keyword arguments of :class:`EasyToHardSampler` are accepted (and validated) but change
+    nothing.
 
     Example:
         >>> s = RandomOrderSampler(torch.rand(10, 4), seed=3)
@@ -198,8 +192,14 @@ class RandomOrderSampler(CurriculumSampler):
 
     strategy = "random"
 
-    def __init__(self, difficulty: Any, **kwargs: Any):
-        c = _Common(type(self).__name__, difficulty, kwargs)
+    def __init__(self, difficulty: Any, *, num_stages: int = 3, stage_percentiles: Sequence[float] = (0.33, 0.66, 1.0),
+                 top_k: int | None = None, curriculum_start_epoch: int = 0, curriculum_end_epoch: int = 5,
+                 warmup_epochs: int = 1, curriculum_steps: int | None = None, warmup_steps: int = 0,
+                 curriculum_start_step: int = 0, seed: int = 0, num_replicas: int | None = None,
+                 rank: int | None = None, drop_last: bool = False, pacing: str = "epoch",
+                 steps_per_epoch: int | None = None, samples_per_epoch: int | None = None,
+                 strict_order: bool = False, chunk_size: int = 65536):
+        c = _Common(difficulty, **_pick(_COMMON, locals()))
         super().__init__(c.source, RandomSchedule(), c.timeline, **c.engine)
 
 
@@ -255,8 +255,15 @@ class EasyToHardSampler(CurriculumSampler):
 
     strategy = "easy_to_hard"
 
-    def __init__(self, difficulty: Any, *, pacing_function: str = "linear", root_degree: float = 2.0, **kwargs: Any):
-        c = _Common(type(self).__name__, difficulty, kwargs)
+    def __init__(self, difficulty: Any, *, pacing_function: str = "linear", root_degree: float = 2.0,
+                 num_stages: int = 3, stage_percentiles: Sequence[float] = (0.33, 0.66, 1.0),
+                 top_k: int | None = None, curriculum_start_epoch: int = 0, curriculum_end_epoch: int = 5,
+                 warmup_epochs: int = 1, curriculum_steps: int | None = None, warmup_steps: int = 0,
+                 curriculum_start_step: int = 0, seed: int = 0, num_replicas: int | None = None,
+                 rank: int | None = None, drop_last: bool = False, pacing: str = "epoch",
+                 steps_per_epoch: int | None = None, samples_per_epoch: int | None = None,
+                 strict_order: bool = False, chunk_size: int = 65536):
+        c = _Common(difficulty, **_pick(_COMMON, locals()))
         sched = EasyToHardSchedule(c.sp, pacing_function=pacing_function, root_degree=root_degree,
                                    strict_order=c.strict)
         super().__init__(c.source, sched, c.timeline, **c.engine)
@@ -271,16 +278,24 @@ class LayerWiseProgressiveSampler(CurriculumSampler):
     time equally; warm-up is stage 1. ``trainable_layers`` = the active layers during the curriculum,
     None (all) outside it. The score of a stage is computed once when the stage starts.
 
+    The common keyword arguments (stages, epoch keys or step budget, seed, ranks, pacing, ...) are
+    those of :class:`EasyToHardSampler`.
+
     Args:
         difficulty: as in :class:`EasyToHardSampler`.
         active_score (str): ``topk_mean`` (default) or ``mean``.
-        **kwargs: the common parameters (see :class:`EasyToHardSampler`).
     """
 
     strategy = "layer_wise_progressive"
 
-    def __init__(self, difficulty: Any, *, active_score: str = "topk_mean", **kwargs: Any):
-        c = _Common(type(self).__name__, difficulty, kwargs)
+    def __init__(self, difficulty: Any, *, active_score: str = "topk_mean", num_stages: int = 3, stage_percentiles: Sequence[float] = (0.33, 0.66, 1.0),
+                 top_k: int | None = None, curriculum_start_epoch: int = 0, curriculum_end_epoch: int = 5,
+                 warmup_epochs: int = 1, curriculum_steps: int | None = None, warmup_steps: int = 0,
+                 curriculum_start_step: int = 0, seed: int = 0, num_replicas: int | None = None,
+                 rank: int | None = None, drop_last: bool = False, pacing: str = "epoch",
+                 steps_per_epoch: int | None = None, samples_per_epoch: int | None = None,
+                 strict_order: bool = False, chunk_size: int = 65536):
+        c = _Common(difficulty, **_pick(_COMMON, locals()))
         sched = LayerWiseSchedule(c.sp, c.source.num_layers, c.source.top_k, active_score=active_score,
                                   strict_order=c.strict)
         super().__init__(c.source, sched, c.timeline, **c.engine)
@@ -297,6 +312,9 @@ class DynamicPacingSampler(CurriculumSampler):
     "better than recently". The pool moves within the epoch, so an epoch is ``N`` draws (or
     ``samples_per_epoch``) from the pool current at each draw.
 
+    The common keyword arguments (stages, epoch keys or step budget, seed, ranks, pacing, ...) are
+    those of :class:`EasyToHardSampler`.
+
     Args:
         difficulty: as in :class:`EasyToHardSampler`.
         loss_threshold (float): finite. Defaults to 2.0.
@@ -307,7 +325,6 @@ class DynamicPacingSampler(CurriculumSampler):
         min_percentile (float | None): floor; None means ``stage_percentiles[0]``.
         initial_percentile (float | None): percentile when the curriculum proper starts; None means
             ``min_percentile``.
-        **kwargs: the common parameters (see :class:`EasyToHardSampler`).
 
     Raises:
         ValueError: e.g. ``loss_threshold=float("nan")`` (the message names the parameter).
@@ -315,9 +332,18 @@ class DynamicPacingSampler(CurriculumSampler):
 
     strategy = "dynamic"
 
-    def __init__(self, difficulty: Any, **kwargs: Any):
-        dyn = _split_dynamic(kwargs)
-        c = _Common(type(self).__name__, difficulty, kwargs)
+    def __init__(self, difficulty: Any, *, loss_threshold: float = 2.0, difficulty_step_up: float = 0.05,
+                 difficulty_step_down: float = 0.02, adaptive_threshold: bool = False, adaptive_window: int = 50,
+                 min_percentile: float | None = None, initial_percentile: float | None = None,
+                 num_stages: int = 3, stage_percentiles: Sequence[float] = (0.33, 0.66, 1.0),
+                 top_k: int | None = None, curriculum_start_epoch: int = 0, curriculum_end_epoch: int = 5,
+                 warmup_epochs: int = 1, curriculum_steps: int | None = None, warmup_steps: int = 0,
+                 curriculum_start_step: int = 0, seed: int = 0, num_replicas: int | None = None,
+                 rank: int | None = None, drop_last: bool = False, pacing: str = "epoch",
+                 steps_per_epoch: int | None = None, samples_per_epoch: int | None = None,
+                 strict_order: bool = False, chunk_size: int = 65536):
+        dyn = _pick(_DYNAMIC, locals())
+        c = _Common(difficulty, **_pick(_COMMON, locals()))
         super().__init__(c.source, DynamicSchedule(c.sp, strict_order=c.strict, **dyn), c.timeline, **c.engine)
 
 
@@ -333,19 +359,36 @@ class HybridSampler(CurriculumSampler):
     stage's bound. Warm-up is stage 1 (its band, with updates). The schedule composes the layer-wise
     and the dynamic schedules.
 
+    The common keyword arguments (stages, epoch keys or step budget, seed, ranks, pacing, ...) are
+    those of :class:`EasyToHardSampler`.
+
     Args:
         difficulty: as in :class:`EasyToHardSampler`.
-        loss_threshold, difficulty_step_up, difficulty_step_down, adaptive_threshold, adaptive_window,
-            min_percentile, initial_percentile: as in :class:`DynamicPacingSampler`.
+        loss_threshold (float): as in :class:`DynamicPacingSampler`. Defaults to 2.0.
+        difficulty_step_up (float): as in :class:`DynamicPacingSampler`. Defaults to 0.05.
+        difficulty_step_down (float): as in :class:`DynamicPacingSampler`. Defaults to 0.02.
+        adaptive_threshold (bool): as in :class:`DynamicPacingSampler`. Defaults to False.
+        adaptive_window (int): as in :class:`DynamicPacingSampler`. Defaults to 50.
+        min_percentile (float | None): as in :class:`DynamicPacingSampler`; capped at
+            ``stage_percentiles[0]``.
+        initial_percentile (float | None): as in :class:`DynamicPacingSampler`.
         active_score (str): as in :class:`LayerWiseProgressiveSampler`.
-        **kwargs: the common parameters (see :class:`EasyToHardSampler`).
     """
 
     strategy = "hybrid"
 
-    def __init__(self, difficulty: Any, *, active_score: str = "topk_mean", **kwargs: Any):
-        dyn = _split_dynamic(kwargs)
-        c = _Common(type(self).__name__, difficulty, kwargs)
+    def __init__(self, difficulty: Any, *, active_score: str = "topk_mean", loss_threshold: float = 2.0, difficulty_step_up: float = 0.05,
+                 difficulty_step_down: float = 0.02, adaptive_threshold: bool = False, adaptive_window: int = 50,
+                 min_percentile: float | None = None, initial_percentile: float | None = None,
+                 num_stages: int = 3, stage_percentiles: Sequence[float] = (0.33, 0.66, 1.0),
+                 top_k: int | None = None, curriculum_start_epoch: int = 0, curriculum_end_epoch: int = 5,
+                 warmup_epochs: int = 1, curriculum_steps: int | None = None, warmup_steps: int = 0,
+                 curriculum_start_step: int = 0, seed: int = 0, num_replicas: int | None = None,
+                 rank: int | None = None, drop_last: bool = False, pacing: str = "epoch",
+                 steps_per_epoch: int | None = None, samples_per_epoch: int | None = None,
+                 strict_order: bool = False, chunk_size: int = 65536):
+        dyn = _pick(_DYNAMIC, locals())
+        c = _Common(difficulty, **_pick(_COMMON, locals()))
         lw = LayerWiseSchedule(c.sp, c.source.num_layers, c.source.top_k, active_score=active_score,
                                strict_order=c.strict)
         mp = dyn.get("min_percentile")
@@ -369,6 +412,9 @@ class LayerSpecificSampler(CurriculumSampler):
     default) or easy-to-hard by the primary score with ``pacing_function`` (``"easy_to_hard"``).
     ``current_layer`` is the group's first layer; ``trainable_layers`` the group.
 
+    The common keyword arguments (stages, epoch keys or step budget, seed, ranks, pacing, ...) are
+    those of :class:`EasyToHardSampler`.
+
     Args:
         difficulty: as in :class:`EasyToHardSampler`.
         layer_groups (int | Sequence[Sequence[int]] | None): groups of layers walked in phase 1: a list
@@ -381,7 +427,6 @@ class LayerSpecificSampler(CurriculumSampler):
         phase1_growth (bool): grow the pool within each group's share. Defaults to False.
         phase2_order (str): ``random`` or ``easy_to_hard``. Defaults to ``random``.
         pacing_function (str): used by phase1_growth and ``phase2_order="easy_to_hard"``. Defaults to ``linear``.
-        **kwargs: the common parameters (see :class:`EasyToHardSampler`).
 
     Raises:
         ValueError: bad groups (empty, out of range, repeated layer), phase 1 longer than the
@@ -394,8 +439,14 @@ class LayerSpecificSampler(CurriculumSampler):
     def __init__(self, difficulty: Any, *, layer_groups: int | Sequence[Sequence[int]] | None = None,
                  phase1_epochs: float | None = None, phase1_steps: int | None = None, phase1_order: str = "sorted",
                  phase1_growth: bool = False, phase2_order: str = "random", pacing_function: str = "linear",
-                 **kwargs: Any):
-        c = _Common(type(self).__name__, difficulty, kwargs)
+                 num_stages: int = 3, stage_percentiles: Sequence[float] = (0.33, 0.66, 1.0),
+                 top_k: int | None = None, curriculum_start_epoch: int = 0, curriculum_end_epoch: int = 5,
+                 warmup_epochs: int = 1, curriculum_steps: int | None = None, warmup_steps: int = 0,
+                 curriculum_start_step: int = 0, seed: int = 0, num_replicas: int | None = None,
+                 rank: int | None = None, drop_last: bool = False, pacing: str = "epoch",
+                 steps_per_epoch: int | None = None, samples_per_epoch: int | None = None,
+                 strict_order: bool = False, chunk_size: int = 65536):
+        c = _Common(difficulty, **_pick(_COMMON, locals()))
         tl = c.timeline
         if tl.budget and phase1_epochs is not None:
             raise ValueError("phase1_epochs is in epochs but the curriculum runs on a step budget "

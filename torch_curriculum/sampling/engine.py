@@ -18,6 +18,7 @@ The core imports neither transformers nor accelerate.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -122,6 +123,11 @@ class Timeline:
         self.warmup_steps = int(warmup_steps)
         self.curriculum_start_step = int(curriculum_start_step)
         self.pacing = "step" if curriculum_steps is not None else pacing
+        if self.budget:
+            s = self.curriculum_start_step
+            self._bounds = (s, s + curriculum_steps, self.warmup_steps)
+        else:
+            self._bounds = (self.curriculum_start_epoch, self.curriculum_end_epoch, self.warmup_epochs)
 
     @property
     def budget(self) -> bool:
@@ -139,10 +145,7 @@ class Timeline:
 
     def bounds(self) -> tuple[float, float, float]:
         """``(start, end, warmup)`` in the clock's unit."""
-        if self.budget:
-            s = self.curriculum_start_step
-            return s, s + self.curriculum_steps, self.warmup_steps
-        return self.curriculum_start_epoch, self.curriculum_end_epoch, self.warmup_epochs
+        return self._bounds
 
     @property
     def span(self) -> float:
@@ -160,7 +163,7 @@ class Timeline:
     def at(self, epoch: int, step: int) -> Time:
         """The curriculum time at ``(epoch, step)``."""
         t = self.clock(epoch, step)
-        s, e, w = self.bounds()
+        s, e, w = self._bounds
         phase, u = curriculum_progress(t, curriculum_start_epoch=s, curriculum_end_epoch=e, warmup_epochs=w)
         return Time(phase, u, t - s - w, e - s - w)
 
@@ -376,6 +379,11 @@ class _View:
         return p_eff, int(self.ends[i - 1]) if i else 0
 
 
+@functools.lru_cache(maxsize=256)
+def _kind_str(strict: bool, spec: ScoreSpec) -> str:
+    return ("s|" if strict else "r|") + spec.key()
+
+
 def _derive_seed(*parts: int) -> int:
     h = hashlib.blake2b(":".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
@@ -514,7 +522,7 @@ class CurriculumSampler(Sampler[int]):
     def _pool_of(self, pace: Pace) -> tuple[float, int]:
         if pace.score is None or pace.percentile >= 1.0:
             return 1.0, self._n
-        return self._view(pace.score.key()).pool(pace.percentile)
+        return self._view(_kind_str(False, pace.score)[2:]).pool(pace.percentile)
 
     @staticmethod
     def _kind_of(pace: Pace) -> str | None:
@@ -523,7 +531,7 @@ class CurriculumSampler(Sampler[int]):
         below its size, so eligibility needs no gather); ``"s|key"`` = those positions in order."""
         if pace.score is None:
             return None
-        return ("s|" if pace.strict else "r|") + pace.score.key()
+        return _kind_str(pace.strict, pace.score)
 
     def _refresh(self, time: Any = None) -> None:
         """Recompute the pace; cut the current chunk when the pool or the order changed."""
