@@ -825,6 +825,13 @@ class CurriculumSampler(Sampler[int]):
         return self._n
 
     @property
+    def layer_diffs(self) -> Any:
+        """The ``[N, L]`` table as given (the tensor, or the dataset's memory-mapped ``layer_diffs``);
+        no copy is made, and the sampler itself never reads it whole. Prefer :attr:`num_samples` for N."""
+        src = self.source
+        return src.obj if src.kind == "tensor" else src.obj.layer_diffs
+
+    @property
     def pacing(self) -> str:
         """``epoch`` or ``step`` (``step`` also under a step budget)."""
         return self.timeline.pacing
