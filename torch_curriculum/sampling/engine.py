@@ -229,6 +229,7 @@ class DifficultySource:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         if self.path is not None:
+            state["_sha"] = self.identity()["sha256"]  # checked against the file when re-opened
             state["obj"] = None
             state["_reopen"] = (type(self.obj).__module__, type(self.obj).__qualname__, str(self.path))
         return state
@@ -245,7 +246,10 @@ class DifficultySource:
             if tuple(self.obj.layer_diffs.shape) != (self.n, self.num_layers):
                 raise ValueError(f"{path}: the difficulty file changed since the sampler was pickled "
                                  f"(shape {tuple(self.obj.layer_diffs.shape)}, expected {(self.n, self.num_layers)})")
-            self._verify = True  # the identity hash is checked when the primary score is next read
+            x = self.primary()
+            if hashlib.sha256(memoryview(x).cast("B")).hexdigest() != self._sha:
+                raise ValueError(f"{path}: the difficulty file changed since the sampler was pickled "
+                                 "(its primary-score bytes differ)")
 
     # -- reading
     def _chunks(self, rows: int = _ROWS_PER_READ) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -288,12 +292,6 @@ class DifficultySource:
             bad = ~np.isfinite(x)
             if bad.any():
                 raise ValueError(f"{type(self.obj).__name__}.difficulty holds NaN/Inf at sample {int(np.argmax(bad))}")
-            if getattr(self, "_verify", False):
-                self._verify = False
-                sha = hashlib.sha256(memoryview(x).cast("B")).hexdigest()
-                if self._sha is not None and sha != self._sha:
-                    raise ValueError(f"{self.path}: the difficulty file changed since the sampler was pickled "
-                                     "(its primary-score bytes differ)")
             return x
         return self.score(ScoreSpec("topk_mean", tuple(range(self.num_layers)), self.top_k))
 
