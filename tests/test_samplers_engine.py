@@ -227,6 +227,12 @@ def test_building_samplers_over_a_file_does_not_materialise_the_table(tmp_path):
         assert 0 <= first < n
         assert peak < 0.5 * table_bytes, (cls.__name__, peak, table_bytes)
         assert len(s._views) <= 2
+    # samplers over the same table object share their read-only score orders
+    a, b = LayerWiseProgressiveSampler(ds, seed=0), HybridSampler(ds, seed=1)
+    assert a._views["topk_mean:3:0,1,2,3,4,5,6,7,8,9,10"] is b._views["topk_mean:3:0,1,2,3,4,5,6,7,8,9,10"]
+    t = table(50, 4)
+    e3, e2 = EasyToHardSampler(t, top_k=3), EasyToHardSampler(t, top_k=2)
+    assert list(e3._views) == list(e2._views) == ["primary"] and e3._views["primary"] is not e2._views["primary"]
 
 
 # ----------------------------------------------------------------------------- stages as used

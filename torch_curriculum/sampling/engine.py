@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import struct
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -280,6 +281,26 @@ class DifficultySource:
             b = min(a + rows, self.n)
             yield a, b, t[a:b].detach().to("cpu", torch.float64).numpy()
 
+    def view(self, key: str) -> _View:
+        """The easy-to-hard view of score ``key``, shared by every sampler over the same table object
+        while one of them holds it (views are read-only)."""
+        entry = _SHARED_VIEWS.get(id(self.obj))
+        if entry is not None and entry[0]() is self.obj:
+            shared = entry[1]
+        else:
+            shared = weakref.WeakValueDictionary()
+            try:  # keyed by identity (a tensor's == is elementwise); dropped with the object
+                _SHARED_VIEWS[id(self.obj)] = (weakref.ref(self.obj), shared)
+                weakref.finalize(self.obj, _SHARED_VIEWS.pop, id(self.obj), None)
+            except TypeError:  # an object that cannot be weakly referenced: no sharing
+                _SHARED_VIEWS.pop(id(self.obj), None)
+        skey = (self.top_k, key)  # a tensor's primary score depends on top_k
+        view = shared.get(skey)
+        if view is None:
+            view = _View(self.score(ScoreSpec.parse(key)))
+            shared[skey] = view
+        return view
+
     def primary(self) -> np.ndarray:
         """The primary score ``[N]`` float64 (the dataset's ``difficulty`` column, or ``topk_mean``)."""
         if self.kind == "dataset" and getattr(self.obj, "difficulty", None) is not None:
@@ -328,6 +349,9 @@ class DifficultySource:
         return {"num_samples": self.n, "num_layers": self.num_layers, "sha256": self._sha}
 
 
+_SHARED_VIEWS: dict[int, tuple[weakref.ref, weakref.WeakValueDictionary]] = {}
+
+
 class _View:
     """One score's easy-to-hard order (int32) and its tie groups; 4 bytes per sample without ties.
 
@@ -336,7 +360,7 @@ class _View:
     ``<=`` this one); the pool "percentile <= p" is the first ``pool(p)[1]`` positions of ``order``.
     """
 
-    __slots__ = ("ends", "min_pct", "n", "order")
+    __slots__ = ("__weakref__", "ends", "min_pct", "n", "order")
 
     def __init__(self, score: np.ndarray):
         x = np.asarray(score, dtype=np.float64)
@@ -509,7 +533,7 @@ class CurriculumSampler(Sampler[int]):
     def _view(self, key: str) -> _View:
         view = self._views.get(key)
         if view is None:
-            view = _View(self.source.score(ScoreSpec.parse(key)))
+            view = self.source.view(key)
             self._views[key] = view
             while len(self._views) > _MAX_VIEWS:
                 self._views.popitem(last=False)
@@ -642,7 +666,7 @@ class CurriculumSampler(Sampler[int]):
         out = np.full(self._n, len(specs), dtype=np.int64)
         for s in range(len(specs) - 1, -1, -1):
             spec, p = specs[s]
-            view = _View(self.source.score(spec)) if spec.key() not in self._views else self._views[spec.key()]
+            view = self.source.view(spec.key())
             out[view.order[: view.pool(p)[1]]] = s + 1
         return torch.from_numpy(out)
 
