@@ -14,7 +14,8 @@ optimisation step and the pool moves between steps) or, with a step budget (``cu
 ``warmup_steps``, ``curriculum_start_step``: DeepSpeed's ``total_curriculum_step``), the step itself:
 the same phases over steps ``[start, start + curriculum_steps)``, whatever the epochs, so a one-epoch
 fine-tune walks every stage. With ``S = curriculum_start_epoch``,
-``E = curriculum_end_epoch`` and ``W = warmup_epochs``: ``t < S`` and ``t >= E`` are exactly a random
+``E = curriculum_end_epoch`` and ``W = warmup_epochs`` (under a step budget: ``S =
+curriculum_start_step``, ``E = S + curriculum_steps``, ``W = warmup_steps``): ``t < S`` and ``t >= E`` are exactly a random
 sampler over the whole data set; ``S <= t < S + W`` uses the first stage's pool; the curriculum proper
 has progress ``u = (t - S - W) / (E - S - W)`` in [0, 1) (see :mod:`torch_curriculum.pacing`). Stages
 ``1..num_stages`` share the curriculum time equally: ``stage = 1 + floor(u * num_stages)`` (so with the
@@ -65,10 +66,11 @@ state is refused with the field named; the permutations are derived from
 ``DataLoader`` with workers prefetches indices, so "handed out" can be ahead of "trained on".
 
 Memory and workers. A sampler keeps O(N) working arrays: an int32 easy-to-hard order per score in use
-(at most two) and one int32 permutation per pass. It reads the primary-score column, and computes a
+(at most two, shared by the samplers over the same table object) and one int32 permutation per pass. It reads the primary-score column, and computes a
 layer-range score (layer-wise, hybrid, layer-specific) from the ``[N, L]`` table in row chunks, once
 per stage. Pickled (DataLoader workers, ``copy.deepcopy``), a sampler over a difficulty file carries
-the file path and its position, not the arrays; over a tensor it carries the tensor.
+the file path and its position, not the arrays (and the primary column's sha256: a file changed in
+between is refused when the sampler is unpickled); over a tensor it carries the tensor.
 
 Stages. :meth:`stage_assignments` gives the 1-based stage of every sample as the strategy uses it (the
 layer-wise stage s pool is by the score over stage s's active layers, so it differs from the file's
