@@ -63,9 +63,15 @@ def _run(name: str, sampler_factory, loss_of_step) -> tuple[list[list[int]], lis
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     import torch_curriculum.samplers as S
 
+    early = S.EasyToHardSampler(_table(), seed=8)  # built before the group exists: one replica
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         out = {}
+        try:
+            list(early)
+            out["early_error"] = None
+        except RuntimeError as e:  # every rank would draw the same data: refused
+            out["early_error"] = str(e)
         for name in NAMES:
             def factory(name=name):
                 s = getattr(S, name)(_table(), seed=8, **KWARGS.get(name, {}))  # world from dist
@@ -92,6 +98,9 @@ def test_two_gloo_ranks_share_one_sequence_and_every_decision(tmp_path):
 
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     recs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    for r, rec in enumerate(recs):
+        assert rec["early_error"] is not None and "num_replicas=1, rank=0" in rec["early_error"]
+        assert f"world size 2 on rank {r}" in rec["early_error"]
     for name in NAMES:
         a, b = recs[0][name], recs[1][name]
         assert a["world"] == [2, 0] and b["world"] == [2, 1]

@@ -169,6 +169,12 @@ class CurriculumSection:
         phase1_order (str): layer-specific phase 1: ``sorted`` (default, easy to hard by the
             layer's d_i) or ``shuffled``.
         phase2_order (str): layer-specific phase 2: ``random`` (default) or ``easy_to_hard``.
+        curriculum_steps (int | None): a step budget (DeepSpeed's ``total_curriculum_step``): the
+            curriculum runs over optimizer steps (``update(loss)`` calls)
+            ``[curriculum_start_step, curriculum_start_step + curriculum_steps)`` instead of the
+            ``training`` epoch keys, so a one-epoch run walks every stage. Defaults to None (epochs).
+        warmup_steps (int): the budget's first steps on the first stage's pool. Defaults to 0.
+        curriculum_start_step (int): the budget's first step (random order before it). Defaults to 0.
     """
 
     strategy: str = "layer_wise_progressive"
@@ -187,6 +193,9 @@ class CurriculumSection:
     phase1_epochs: float | None = None
     phase1_order: str = "sorted"
     phase2_order: str = "random"
+    curriculum_steps: int | None = None
+    warmup_steps: int = 0
+    curriculum_start_step: int = 0
 
     @staticmethod
     def _complete(data: dict[str, Any]) -> dict[str, Any]:
@@ -244,6 +253,17 @@ class CurriculumSection:
                 raise ConfigError(f"{prefix}.layer_groups", f"layer indices must be >= 0 and not repeat, got {g}")
         if self.phase1_epochs is not None and self.phase1_epochs < 0:
             raise ConfigError(f"{prefix}.phase1_epochs", f"must be >= 0 (or null), got {self.phase1_epochs}")
+        if self.curriculum_steps is not None and self.curriculum_steps < 1:
+            raise ConfigError(f"{prefix}.curriculum_steps", f"must be >= 1 (or null), got {self.curriculum_steps}")
+        for name in ("warmup_steps", "curriculum_start_step"):
+            v = getattr(self, name)
+            if v < 0:
+                raise ConfigError(f"{prefix}.{name}", f"must be >= 0, got {v}")
+            if v and self.curriculum_steps is None:
+                raise ConfigError(f"{prefix}.{name}", "needs curriculum_steps (the step budget)")
+        if self.curriculum_steps is not None and self.warmup_steps > self.curriculum_steps:
+            raise ConfigError(f"{prefix}.warmup_steps", f"warmup_steps={self.warmup_steps} exceeds "
+                              f"curriculum_steps={self.curriculum_steps}")
 
 
 @dataclass
