@@ -6,9 +6,10 @@ not move in the optimizer step. It works in any training loop and imports neithe
 accelerate; in ``transformers.Trainer`` pass it to :class:`torch_curriculum.CurriculumTrainer`
 (``layer_mask=``) or wrap it in :class:`torch_curriculum.integrations.hf.LayerMaskCallback`.
 
-Supported: a single process and DDP (``find_unused_parameters=True``). Not supported, with an error
-at construction: FSDP (``fully_shard`` / FSDP2 and ``FullyShardedDataParallel``) and DeepSpeed
-engines or optimizers (see :class:`LayerMaskScheduler`).
+Supported: a single process, DDP (``find_unused_parameters=True``) and FSDP2 (``fully_shard``; each
+unshard copies the sharded parameter's ``requires_grad`` to the gathered one, tested with gloo on
+CPU). Not supported, with an error at construction: FSDP1 (``FullyShardedDataParallel``, whose flat
+parameters cannot change ``requires_grad`` per layer) and DeepSpeed engines or optimizers.
 """
 
 from __future__ import annotations
@@ -90,33 +91,20 @@ def check_supported_model(model: nn.Module) -> None:
         model (nn.Module): the model (possibly wrapped by DDP / FSDP / DeepSpeed).
 
     Raises:
-        NotImplementedError: an FSDP2 (``fully_shard``), FSDP1 or DeepSpeed model, naming the
-            limitation.
+        NotImplementedError: an FSDP1 (``FullyShardedDataParallel``) or DeepSpeed model, naming
+            the limitation. FSDP2 (``fully_shard``) models are supported.
 
     Example:
         >>> check_supported_model(torch.nn.Linear(2, 2))  # a plain module: fine
     """
     _reject_deepspeed(model, "model")
-    fsdp2: tuple[type, ...] = ()
     fsdp1: tuple[type, ...] = ()
-    try:
-        from torch.distributed.fsdp import FSDPModule
-        fsdp2 = (FSDPModule,)
-    except ImportError:  # pragma: no cover - torch without FSDP2
-        pass
     try:
         from torch.distributed.fsdp import FullyShardedDataParallel
         fsdp1 = (FullyShardedDataParallel,)
     except ImportError:  # pragma: no cover
         pass
     for module in model.modules():
-        if fsdp2 and isinstance(module, fsdp2):
-            raise NotImplementedError(
-                "LayerMaskScheduler does not support FSDP2 (fully_shard) models: FSDP2 builds each "
-                "parameter's unsharded copy, with the requires_grad it had then, at the first "
-                "all-gather and reuses it, so a layer frozen later keeps receiving gradients and a "
-                "layer frozen at that moment never trains again. Use DDP, or freeze a fixed set of "
-                "layers before fully_shard")
         if fsdp1 and isinstance(module, fsdp1):
             raise NotImplementedError(
                 "LayerMaskScheduler does not support FSDP (FullyShardedDataParallel) models: FSDP "
@@ -161,8 +149,10 @@ class LayerMaskScheduler:
     ``"reset"`` (default) drops its optimizer state in every guarded optimizer, so Adam restarts its
     moments and bias correction for it; ``"keep"`` resumes with the moments it had when it was frozen.
 
-    Under DDP parameters that stop requiring grad need ``find_unused_parameters=True``. FSDP (1 and
-    2) and DeepSpeed are rejected at construction (:func:`check_supported_model`): both fix which
+    Under DDP parameters that stop requiring grad need ``find_unused_parameters=True``. Under FSDP2
+    (``fully_shard``, torch >= 2.6) the managed parameters are the sharded DTensors: freezing and the
+    optimizer guard work on them as on plain tensors (build the scheduler after ``fully_shard``).
+    FSDP1 and DeepSpeed are rejected at construction (:func:`check_supported_model`): both fix which
     parameters train when they wrap the model.
 
     Args:
@@ -179,7 +169,7 @@ class LayerMaskScheduler:
             sample names), two layer stacks under the default pattern, a sampler whose layer count
             differs from the model's, a bad pattern or policy, or nothing trainable.
         TypeError: ``source`` is neither a sampler nor a callable.
-        NotImplementedError: an FSDP or DeepSpeed model or optimizer.
+        NotImplementedError: an FSDP1 or DeepSpeed model or optimizer.
 
     Example:
         >>> sched = LayerMaskScheduler(peft_model, sampler, optimizer=opt)   # doctest: +SKIP

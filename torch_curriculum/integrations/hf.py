@@ -14,7 +14,8 @@ the checkpoint, so a resumed run uses the same budget and LR schedule). ``state.
 logs show as ``epoch``) is the curriculum epoch plus the fraction of it drawn; ``save_strategy``,
 ``eval_strategy`` and ``logging_strategy`` ``"epoch"`` act at curriculum epoch ends. The Trainer's own
 ``on_epoch_begin`` / ``on_epoch_end`` events fire once per ``train()`` call, not per curriculum epoch.
-A gradient-accumulation group may span the end of a curriculum epoch.
+A gradient-accumulation group may span the end of a curriculum epoch, and the last optimiser step of
+an epoch-based run may take up to ``gradient_accumulation_steps - 1`` batches of the next epoch.
 
 Checkpoints. ``on_save`` writes ``curriculum_state.json`` (``curriculum_state_rank{r}.json`` per rank
 under DDP) into the checkpoint folder: the sampler's ``state_dict`` at the next batch the Trainer
@@ -158,17 +159,12 @@ def _reject_unsupported_args(args: Any) -> None:
                                   ".deepspeed is set): ZeRO copies the trainable parameters into its "
                                   "own partitions when the engine is built, so later requires_grad "
                                   "changes neither freeze nor unfreeze; use DDP")
-    fsdp = getattr(args, "fsdp", None)
-    if fsdp and str(fsdp) not in ("[]", ""):
-        raise NotImplementedError(f"LayerMaskScheduler does not support FSDP (TrainingArguments.fsdp="
-                                  f"{fsdp!r}): FSDP fixes which parameters train when it wraps the "
-                                  "model; use DDP")
 
 
 class LayerMaskCallback(TrainerCallback):
     """The ``TrainerCallback`` face of a :class:`torch_curriculum.LayerMaskScheduler`.
 
-    At train begin it checks the setup (DDP needs ``ddp_find_unused_parameters`` not False; FSDP and
+    At train begin it checks the setup (DDP needs ``ddp_find_unused_parameters`` not False; FSDP1 and
     DeepSpeed are errors), guards the Trainer's optimizer and applies the mask; before every
     optimiser step it applies the mask for ``state.global_step`` (the batches of that step are
     already drawn, so a layer-wise sampler's stage is that of the step's data). It adds
@@ -533,7 +529,8 @@ class CurriculumTrainerMixin:
 
     Keyword args (``__init__``): ``curriculum_sampler`` (required), ``pacing`` (None, True, a dict
     of PacingCallback options, or a PacingCallback on the same sampler), ``layer_mask`` (None or a
-    :class:`torch_curriculum.LayerMaskScheduler`); the rest goes to the Trainer.
+    :class:`torch_curriculum.LayerMaskScheduler`; one found in ``callbacks`` is taken as
+    ``layer_mask``); the rest goes to the Trainer.
 
     Raises:
         TypeError: a sampler without the curriculum methods, or bad ``pacing`` / ``layer_mask``.
@@ -550,6 +547,13 @@ class CurriculumTrainerMixin:
     def __init__(self, *args: Any, curriculum_sampler: Any, pacing: Any = None,
                  layer_mask: LayerMaskScheduler | None = None, **kwargs: Any) -> None:
         _check_sampler(curriculum_sampler)
+        callbacks = kwargs.get("callbacks")
+        masks = [cb for cb in callbacks or () if isinstance(cb, LayerMaskScheduler)]
+        if masks:  # LayerMaskScheduler used to be a TrainerCallback itself: accept it there too
+            if layer_mask is not None or len(masks) > 1:
+                raise ValueError("pass one LayerMaskScheduler, as layer_mask= (not also in callbacks)")
+            layer_mask = masks[0]
+            kwargs["callbacks"] = [cb for cb in callbacks if cb is not layer_mask]
         super().__init__(*args, **kwargs)
         _setup(self, curriculum_sampler, pacing, layer_mask)
 
