@@ -15,11 +15,13 @@ import torch
 
 pytest.importorskip("transformers")
 
-from _hf_parts import BatchRecorder, TokenDataset, difficulty_table, tiny_llama, training_args  # noqa: E402
+import itertools
 
-from torch_curriculum import CurriculumTrainer, LayerMaskScheduler  # noqa: E402
-from torch_curriculum.integrations.hf import CHECKPOINT_FILE  # noqa: E402
-from torch_curriculum.samplers import (  # noqa: E402
+from _hf_parts import BatchRecorder, TokenDataset, difficulty_table, tiny_llama, training_args
+
+from torch_curriculum import CurriculumTrainer, LayerMaskScheduler
+from torch_curriculum.integrations.hf import CHECKPOINT_FILE
+from torch_curriculum.samplers import (
     DynamicPacingSampler,
     EasyToHardSampler,
     LayerWiseProgressiveSampler,
@@ -102,14 +104,14 @@ def test_resume_equals_the_uninterrupted_run(tmp_path, strategy, accumulation):
 
 def test_the_curriculum_moves_in_the_runs_above(tmp_path):
     """Guards the test above against a vacuous pass: the strategies do change pool and mask."""
-    full, rows, _ = _run("layer_wise_progressive", tmp_path / "lw")
+    full, _rows, _ = _run("layer_wise_progressive", tmp_path / "lw")
     stages = [h["curriculum/stage"] for h in full.state.log_history if "curriculum/stage" in h]
     assert stages[0] == 1 and stages[-1] == 3
     layers = [h["curriculum/num_trainable_layers"] for h in full.state.log_history if "loss" in h]
     assert layers[0] == 2 and layers[-1] == 4
     dyn, _, _ = _run("dynamic", tmp_path / "dyn")
     pct = [h["curriculum/percentile"] for h in dyn.state.log_history if "loss" in h]
-    assert max(pct) > pct[0] and any(b < a for a, b in zip(pct, pct[1:]))
+    assert max(pct) > pct[0] and any(b < a for a, b in itertools.pairwise(pct))
 
 
 def test_resume_from_a_foreign_checkpoint_is_a_clear_error(tmp_path):
@@ -127,7 +129,7 @@ def test_resume_from_a_foreign_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_resume_with_other_pacing_settings_is_an_error(tmp_path):
-    full, _, _ = _run("dynamic", tmp_path / "full", epochs=1)
+    _full, _, _ = _run("dynamic", tmp_path / "full", epochs=1)
     trainer = CurriculumTrainer(model=tiny_llama(), args=training_args(tmp_path / "x", num_train_epochs=1),
                                 train_dataset=TokenDataset(), curriculum_sampler=_sampler("dynamic"))
     with pytest.raises(ValueError, match="with loss pacing"):
@@ -135,12 +137,12 @@ def test_resume_with_other_pacing_settings_is_an_error(tmp_path):
 
 
 def test_resume_true_takes_the_last_checkpoint(tmp_path):
-    full, rows, params = _run("easy_to_hard", tmp_path / "full", epochs=1)
+    full, _rows, params = _run("easy_to_hard", tmp_path / "full", epochs=1)
     last = full.state.global_step
     # keep only an early checkpoint, then resume=True must pick it
     for ck in (tmp_path / "full").glob("checkpoint-*"):
         if ck.name != "checkpoint-2":
             shutil.rmtree(ck)
-    again, rows2, params2 = _run("easy_to_hard", tmp_path / "full", resume=True, epochs=1)
+    _again, rows2, params2 = _run("easy_to_hard", tmp_path / "full", resume=True, epochs=1)
     assert sorted(rows2) == list(range(3, last + 1))
     _same_params(params, params2)
