@@ -217,7 +217,7 @@ class LayerMaskScheduler:
             except (TypeError, ValueError) as e:
                 raise ValueError(f"layer_pattern {pattern.pattern!r} matched {name!r} but its group "
                                  f"{group!r} is {m.group(group)!r}, not an integer layer index") from e
-            stacks.setdefault(name[:m.start(group)].lstrip("."), name)
+            stacks.setdefault(name[:m.start(group)].strip("."), name)
             self.layer_params.setdefault(idx, []).append((name, p))
         if not self.layer_params:
             sample = ", ".join(n for n, _ in named[:8])
