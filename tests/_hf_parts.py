@@ -41,7 +41,7 @@ def difficulty_table(n: int = N_SAMPLES, layers: int = N_LAYERS, seed: int = 0) 
 def training_args(out_dir, **kw) -> TrainingArguments:
     base = dict(output_dir=str(out_dir), per_device_train_batch_size=4, learning_rate=1e-2,
                 logging_steps=1, report_to=[], use_cpu=True, save_strategy="no",
-                dataloader_num_workers=0, disable_tqdm=True, seed=0, data_seed=0)
+                dataloader_num_workers=0, disable_tqdm=True, seed=0)
     base.update(kw)
     return TrainingArguments(**base)
 

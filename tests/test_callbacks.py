@@ -332,11 +332,14 @@ def test_pacing_in_a_trainer_that_does_not_use_the_sampler_warns(tmp_path, caplo
 def test_trainer_rejects_conflicting_settings(tmp_path):
     ds = TokenDataset()
     sampler = DynamicPacingSampler(difficulty_table())
+    # transformers >= 5 spells it train_sampling_strategy, 4.x group_by_length
+    grouped = ({"train_sampling_strategy": "group_by_length"}
+               if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__
+               else {"group_by_length": True})
     trainer = CurriculumTrainer(model=tiny_llama(),
-                                args=training_args(tmp_path, max_steps=2,
-                                                   train_sampling_strategy="group_by_length"),
+                                args=training_args(tmp_path, max_steps=2, **grouped),
                                 train_dataset=ds, curriculum_sampler=sampler)
-    with pytest.raises(ValueError, match="train_sampling_strategy"):
+    with pytest.raises(ValueError, match="group_by_length"):
         trainer.get_train_dataloader()
     trainer = CurriculumTrainer(model=tiny_llama(), args=training_args(tmp_path, max_steps=2,
                                                                        logging_strategy="no"),
