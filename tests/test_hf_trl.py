@@ -78,4 +78,4 @@ def test_sft_trainer_with_lora_and_a_layer_wise_curriculum(tmp_path):
     stages = [h["curriculum/stage"] for h in logs if "curriculum/stage" in h]
     assert stages[0] == 1 and stages[-1] == 3 and stages == sorted(stages)
     assert trainer.pacing_callback.num_updates == trainer.state.global_step
-    assert [h["curriculum/num_trainable_layers"] for h in logs][0] == 2
+    assert next(h["curriculum/num_trainable_layers"] for h in logs) == 2

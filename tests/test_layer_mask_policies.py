@@ -8,10 +8,10 @@ import torch
 
 pytest.importorskip("transformers")
 
-from _hf_parts import TokenDataset, difficulty_table, tiny_llama  # noqa: E402
+from _hf_parts import TokenDataset, difficulty_table, tiny_llama
 
-from torch_curriculum import LayerMaskScheduler  # noqa: E402
-from torch_curriculum.samplers import LayerSpecificSampler  # noqa: E402
+from torch_curriculum import LayerMaskScheduler
+from torch_curriculum.samplers import LayerSpecificSampler
 
 LR, WD, EPS = 1e-2, 0.1, 1e-8
 
@@ -50,7 +50,7 @@ def _walk(unfreeze: str):
 def test_stale_adam_moments_of_a_re_unfrozen_layer_follow_the_policy(unfreeze):
     model, opt, sched, record = _walk(unfreeze)
     assert [r[0] for r in record] == [[0], [1], [2], [3], None]  # the walk, then phase 2
-    layers, before, grads = record[4]
+    _layers, before, grads = record[4]
     for name, p in model.named_parameters():
         layer = _layer_of(name)
         if layer is None:
