@@ -3,7 +3,7 @@
 Every strategy of a comparison gets the same generator initialisation (seeded), the same data,
 budget and evaluation schedule; only the sampler (and, for layer-aware strategies, the layer mask)
 differs. The functions here are thin: they connect :mod:`torch_curriculum.samplers`,
-:mod:`torch_curriculum.callbacks` and :func:`train_generator`.
+:mod:`torch_curriculum.layer_mask`, :mod:`torch_curriculum.pacing` and :func:`train_generator`.
 """
 
 from __future__ import annotations
