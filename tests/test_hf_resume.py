@@ -146,3 +146,43 @@ def test_resume_true_takes_the_last_checkpoint(tmp_path):
     _again, rows2, params2 = _run("easy_to_hard", tmp_path / "full", resume=True, epochs=1)
     assert sorted(rows2) == list(range(3, last + 1))
     _same_params(params, params2)
+
+
+def test_resume_with_a_worker_process_uses_the_state_at_the_consumed_batch(tmp_path):
+    """With dataloader_num_workers=1 the worker draws batches ahead of training; the checkpoint must
+    hold the sampler state at the next batch the Trainer takes, not at what was prefetched."""
+    def run(out, resume=None):
+        ds = TokenDataset()
+        model = tiny_llama()
+        recorder = BatchRecorder(model, ds)
+        args = training_args(out, num_train_epochs=2, save_strategy="steps", save_steps=3,
+                             dataloader_num_workers=1)
+        trainer = CurriculumTrainer(model=model, args=args, train_dataset=ds,
+                                    curriculum_sampler=_sampler("easy_to_hard"), callbacks=[recorder])
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, recorder.rows, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    _full, rows, params = run(tmp_path / "full")
+    saved = json.loads((tmp_path / "full" / "checkpoint-6" / CHECKPOINT_FILE).read_text())
+    # 6 batches consumed: epoch 0 had 4, so 2 into epoch 1, whatever the worker had drawn
+    assert (saved["loader"]["epoch"], saved["loader"]["batches_in_epoch"]) == (1, 2)
+    assert saved["loader"]["sampler"]["yielded"] == 2 * 4
+    shutil.copytree(tmp_path / "full" / "checkpoint-6", tmp_path / "again" / "checkpoint-6")
+    _, rows2, params2 = run(tmp_path / "again", resume=str(tmp_path / "again" / "checkpoint-6"))
+    assert {s: rows[s] for s in rows2} == rows2 and min(rows2) == 7 and max(rows2) == max(rows)
+    _same_params(params, params2)
+
+
+def test_save_strategy_epoch_saves_at_curriculum_epoch_ends(tmp_path):
+    ds = TokenDataset()
+    sampler = _sampler("layer_wise_progressive")
+    trainer = CurriculumTrainer(model=tiny_llama(),
+                                args=training_args(tmp_path, num_train_epochs=3, save_strategy="epoch"),
+                                train_dataset=ds, curriculum_sampler=sampler)
+    trainer.train()
+    # epochs of 4, 7 and 10 batches (13, 26, 40 samples): checkpoints where each one ends
+    saved = sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*"))
+    assert saved == [4, 11, 21]
+    for step, epoch in zip(saved, (1, 2, 3)):
+        state = json.loads((tmp_path / f"checkpoint-{step}" / CHECKPOINT_FILE).read_text())
+        assert (state["loader"]["epoch"], state["loader"]["in_epoch"]) == (epoch, False)
