@@ -588,7 +588,8 @@ class CurriculumTrainerMixin:
         loader = CurriculumDataLoader(
             dataset, sampler, batch_size=args.train_batch_size, collate_fn=base.collate_fn,
             drop_last=args.dataloader_drop_last, num_workers=workers,
-            pin_memory=args.dataloader_pin_memory, worker_init_fn=getattr(base, "worker_init_fn", None),
+            pin_memory=bool(getattr(base, "pin_memory", False)),
+            worker_init_fn=getattr(base, "worker_init_fn", None),
             prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
             persistent_workers=args.dataloader_persistent_workers if workers > 0 else None)
         pending = getattr(self, "_curriculum_pending", None)
