@@ -4,6 +4,8 @@ Run:
     python examples/hf_trainer_curriculum.py --difficulty runs/quickstart/difficulty.safetensors
     python examples/hf_trainer_curriculum.py --max-samples 32 --max-steps 12        # precomputes its own file
     python examples/hf_trainer_curriculum.py --model HuggingFaceTB/SmolLM2-360M-Instruct --difficulty ...
+    python examples/hf_trainer_curriculum.py --save-steps 4                         # checkpoints with the curriculum state
+    python examples/hf_trainer_curriculum.py --save-steps 4 --resume                # continue from the last one, exactly
 
 Wiring (every part is the library's, nothing is specific to this script):
 
@@ -18,8 +20,11 @@ Wiring (every part is the library's, nothing is specific to this script):
 * curriculum: ``build_sampler(config, difficulty)`` (``--strategy`` overrides the config's), paced in
   steps; :class:`CurriculumTrainer` draws from it and adds a :class:`PacingCallback` (the loss feeds
   dynamic strategies; ``curriculum/*`` keys go into the log history); a :class:`LayerMaskScheduler`
-  freezes the LoRA layers the sampler does not train yet (layer-wise progressive: stage s trains
-  layers ``[0, ceil(s * L / S))``).
+  (``layer_mask=``) freezes the LoRA layers the sampler does not train yet (layer-wise progressive:
+  stage s trains layers ``[0, ceil(s * L / S))``);
+* checkpoints (``--save-steps``): each Trainer checkpoint also holds ``curriculum_state.json``
+  (sampler, pacing and layer-mask state); ``--resume`` continues from the last checkpoint in
+  ``<out>/trainer`` and trains on exactly the batches the uninterrupted run would have.
 
 At the end it prints the ``curriculum/*`` entries of the Trainer's log history and how far each LoRA
 layer moved; layers that were frozen throughout must not have moved at all. ``<out>/summary.json``
@@ -39,14 +44,15 @@ import torch
 
 from torch_curriculum import (
     CurriculumConfig,
+    CurriculumTrainer,
     LayerMaskScheduler,
     MetaTokenDifficultyDataset,
     build_sampler,
 )
 from torch_curriculum.bundled import load_bundled, load_chitchat, load_model
-from torch_curriculum.callbacks import DEFAULT_LAYER_PATTERN, CurriculumTrainer
 from torch_curriculum.config import canonical_strategy
 from torch_curriculum.data import data_fingerprint, read_dialogues
+from torch_curriculum.layer_mask import DEFAULT_LAYER_PATTERN
 from torch_curriculum.loragen import build_examples
 
 ROOT = Path(__file__).resolve().parent
@@ -75,6 +81,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="share of the steps the curriculum spans before random order over all data")
     p.add_argument("--out", type=Path, default=Path("runs/hf_trainer"), help="output folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-steps", type=int, default=0,
+                   help="save a checkpoint (with the curriculum state) every N steps (default: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="resume from the last checkpoint in <out>/trainer (exact: same batches, same state)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     return p.parse_args(argv)
 
@@ -193,14 +203,16 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     targs = TrainingArguments(
         output_dir=str(args.out / "trainer"), max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr, lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
+        learning_rate=args.lr, lr_scheduler_type="constant", logging_steps=1,
+        save_strategy="steps" if args.save_steps > 0 else "no", save_steps=max(args.save_steps, 1),
         report_to="none", remove_unused_columns=False, seed=args.seed, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(), disable_tqdm=False)
     trainer = CurriculumTrainer(
         model=model, args=targs, train_dataset=train_ds, curriculum_sampler=sampler, pacing=True,
+        layer_mask=masks,  # applied before user callbacks, so the recorder reads the applied mask
         data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100),
-        callbacks=[masks, RecordTrainedLayers()])  # in this order: the recorder reads the applied mask
-    trainer.train()
+        callbacks=[RecordTrainedLayers()])
+    trainer.train(resume_from_checkpoint=True if args.resume else None)
 
     history = [{k: v for k, v in rec.items() if k.startswith("curriculum/") or k in ("step", "loss")}
                for rec in trainer.state.log_history if any(k.startswith("curriculum/") for k in rec)]

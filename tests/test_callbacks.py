@@ -238,9 +238,9 @@ def test_trainer_dynamic_pacing_state_changes_and_indices_come_from_the_sampler(
     trainer = CurriculumTrainer(model=tiny_llama(), args=training_args(tmp_path, max_steps=12),
                                 train_dataset=ds, curriculum_sampler=sampler,
                                 pacing={"smoothing": 0.0})
-    # the curriculum sampler is the DataLoader's sampler, not replaced or wrapped by accelerate
+    # the curriculum sampler is the loader's sampler, not replaced or wrapped by accelerate
     dl = trainer.get_train_dataloader()
-    assert dl.batch_sampler.sampler is sampler
+    assert dl.sampler is sampler
     ds.fetched.clear()
     percentile0 = sampler.state["percentile"]
     trainer.train()
@@ -253,10 +253,9 @@ def test_trainer_dynamic_pacing_state_changes_and_indices_come_from_the_sampler(
     assert pct[-1] == pytest.approx(min(1.0, percentile0 + 12 * 0.05))
     assert [h["curriculum/step"] for h in logs] == list(range(1, 13))
     assert trainer.state.global_step == 12
-    # the DataLoader fetched exactly what the sampler yielded, in order (the sampler may have
-    # yielded a little more: accelerate's DataLoader prefetches one batch)
+    # the loader fetched exactly what the sampler yielded, in order, and nothing ahead
     assert len(ds.fetched) == 12 * 4
-    assert ds.fetched == sampler.yielded[:len(ds.fetched)]
+    assert ds.fetched == sampler.yielded
     # the first batch (drawn before any update) comes from the initial easiest pool
     pct_of_sample = percentiles(aggregate(difficulty_table(), "topk_mean", k=3))
     assert all(pct_of_sample[i] <= percentile0 + 1e-9 for i in ds.fetched[:4])
@@ -264,38 +263,42 @@ def test_trainer_dynamic_pacing_state_changes_and_indices_come_from_the_sampler(
 
 @pytest.mark.parametrize("accumulation", [1, 3])
 def test_trainer_epoch_lengths_follow_the_sampler_and_indices_match(tmp_path, accumulation):
-    """Stage-paced epochs of different lengths: each epoch is exactly the sampler's epoch.
+    """Stage-paced epochs of different lengths: each curriculum epoch is exactly the sampler's epoch.
 
     The stock Trainer would size every epoch like the first (16 samples), cutting the later, larger
-    pools short; with gradient accumulation the last partial group of each epoch must still step.
+    pools short. The step budget is the sampler's plan: ceil(all batches / accumulation).
     """
     ds = TokenDataset()
     kw = dict(num_stages=3, curriculum_start_epoch=0, curriculum_end_epoch=3, warmup_epochs=0, seed=5)
     sampler = LayerWiseProgressiveSampler(difficulty_table(), **kw)
-    recorder = EpochRecorder(ds)
     trainer = CurriculumTrainer(model=tiny_llama(),
                                 args=training_args(tmp_path, num_train_epochs=4,
                                                    gradient_accumulation_steps=accumulation),
-                                train_dataset=ds, curriculum_sampler=sampler, pacing=True,
-                                callbacks=[recorder])
+                                train_dataset=ds, curriculum_sampler=sampler, pacing=True)
     trainer.train()
 
     reference = LayerWiseProgressiveSampler(difficulty_table(), **kw)
-    expected, steps = [], []
+    expected, batches = [], []
     for e in range(4):
         reference.set_epoch(e)
         expected.append(list(reference))
-        steps.append(math.ceil(math.ceil(len(expected[-1]) / 4) / accumulation))
+        batches.append(math.ceil(len(expected[-1]) / 4))
     assert len({len(x) for x in expected}) > 1, "the test needs epochs of different lengths"
-    bounds = [*recorder.starts, len(ds.fetched)]
-    got = [ds.fetched[bounds[e]:bounds[e + 1]] for e in range(4)]
-    assert got == expected
-    assert recorder.steps_at_epoch_end == list(np.cumsum(steps))
-    assert trainer.state.max_steps == sum(steps)  # so the LR schedule spans the real run
-    stages = [h.get("curriculum/stage") for h in trainer.state.log_history if "loss" in h]
-    phases_per_epoch = [stages[a:b] for a, b in zip(np.cumsum([0, *steps[:-1]]), np.cumsum(steps))]
-    # epochs 0-2 are stages 1-3; epoch 3 is after the curriculum (random, no stage: not logged)
-    assert [set(x) for x in phases_per_epoch] == [{1}, {2}, {3}, {None}]
+    steps = math.ceil(sum(batches) / accumulation)
+    assert trainer.state.max_steps == trainer.state.global_step == steps  # LR schedule = real run
+    flat = [i for x in expected for i in x]
+    assert ds.fetched[:len(flat)] == flat
+    # the last step may take (accumulation - 1) batches of the epoch after the plan, no more
+    assert len(ds.fetched) - len(flat) < 4 * accumulation
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    if accumulation == 1:
+        ends = list(np.cumsum(batches))
+        stages = [h.get("curriculum/stage") for h in logs]
+        per_epoch = [stages[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+        # epochs 0-2 are stages 1-3; epoch 3 is after the curriculum (random, no stage: not logged)
+        assert [set(x) for x in per_epoch] == [{1}, {2}, {3}, {None}]
+        # the logged epoch is the curriculum epoch: whole numbers exactly at the epoch ends
+        assert [logs[i - 1]["epoch"] for i in ends] == [1.0, 2.0, 3.0, 4.0]
 
 
 def test_attach_curriculum_on_a_plain_trainer(tmp_path):
@@ -305,8 +308,9 @@ def test_attach_curriculum_on_a_plain_trainer(tmp_path):
     trainer = transformers.Trainer(model=tiny_llama(), args=training_args(tmp_path, max_steps=5),
                                    train_dataset=ds)
     attach_curriculum(trainer, sampler, pacing={"smoothing": 0.0})
-    assert trainer.callback_handler.callbacks[1] is trainer.pacing_callback
-    assert trainer.get_train_dataloader().batch_sampler.sampler is sampler
+    assert trainer.pacing_callback in trainer.callback_handler.callbacks[:3]
+    assert type(trainer).__name__ == "CurriculumTrainer" and isinstance(trainer, transformers.Trainer)
+    assert trainer.get_train_dataloader().sampler is sampler
     p0 = sampler.state["percentile"]
     trainer.train()
     pct = [h["curriculum/percentile"] for h in trainer.state.log_history if "loss" in h]
@@ -328,11 +332,14 @@ def test_pacing_in_a_trainer_that_does_not_use_the_sampler_warns(tmp_path, caplo
 def test_trainer_rejects_conflicting_settings(tmp_path):
     ds = TokenDataset()
     sampler = DynamicPacingSampler(difficulty_table())
+    # transformers >= 5 spells it train_sampling_strategy, 4.x group_by_length
+    grouped = ({"train_sampling_strategy": "group_by_length"}
+               if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__
+               else {"group_by_length": True})
     trainer = CurriculumTrainer(model=tiny_llama(),
-                                args=training_args(tmp_path, max_steps=2,
-                                                   train_sampling_strategy="group_by_length"),
+                                args=training_args(tmp_path, max_steps=2, **grouped),
                                 train_dataset=ds, curriculum_sampler=sampler)
-    with pytest.raises(ValueError, match="train_sampling_strategy"):
+    with pytest.raises(ValueError, match="group_by_length"):
         trainer.get_train_dataloader()
     trainer = CurriculumTrainer(model=tiny_llama(), args=training_args(tmp_path, max_steps=2,
                                                                        logging_strategy="no"),
@@ -528,13 +535,14 @@ def test_layer_mask_in_the_trainer_with_peft(tmp_path):
         def on_train_begin(self, args, state, control, **kwargs):
             snapshots.append(lora_by_layer(model))
 
-        def on_epoch_end(self, args, state, control, **kwargs):
-            snapshots.append(lora_by_layer(model))
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.epoch == int(state.epoch):  # a curriculum epoch just ended
+                snapshots.append(lora_by_layer(model))
 
     trainer = CurriculumTrainer(model=model, args=training_args(tmp_path, num_train_epochs=3,
                                                                 learning_rate=1e-2, weight_decay=0.1),
                                 train_dataset=ds, curriculum_sampler=sampler, pacing=True,
-                                callbacks=[sched, Snap()])
+                                layer_mask=sched, callbacks=[Snap()])
     trainer.train()
     # the guard sits on the torch optimizer inside accelerate's wrapper
     assert list(sched._hooked) == [id(trainer.optimizer.optimizer)]
@@ -566,7 +574,7 @@ def test_layer_specific_walk_in_the_trainer_trains_one_lora_layer_per_step(tmp_p
     trainer = CurriculumTrainer(model=model, args=training_args(tmp_path, max_steps=8, learning_rate=1e-2,
                                                                 weight_decay=0.1),
                                 train_dataset=ds, curriculum_sampler=sampler,
-                                pacing={"smoothing": 0.0}, callbacks=[sched, Snap()])
+                                pacing={"smoothing": 0.0}, callbacks=[sched, Snap()])  # old style
     trainer.train()
     assert planned == [[0], [1], [2], [3], None, None, None, None]
     moved = [changed_layers(a, b) for a, b in itertools.pairwise(snapshots)]

@@ -110,26 +110,17 @@ def test_loss_is_averaged_over_ranks_so_every_rank_paces_the_same(ddp_run):
     assert max(in_force) > in_force[0]  # the pool did move
 
 
-def _trainer_part(rank: int, out_dir: str) -> None:
+def _trainer_run(rank: int, out_dir: str, run: str, resume: str | None = None) -> dict:
+    """One CurriculumTrainer run of a PEFT LoRA llama under DDP (accelerate, gloo)."""
     import hashlib
 
     import peft
-    from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
+    from _hf_parts import BatchRecorder, TokenDataset, tiny_llama
+    from safetensors.torch import save_file
+    from transformers import TrainerCallback, TrainingArguments
 
-    from torch_curriculum.callbacks import CurriculumTrainer, LayerMaskScheduler
+    from torch_curriculum import CurriculumTrainer, LayerMaskScheduler
     from torch_curriculum.samplers import LayerWiseProgressiveSampler
-
-    class Tokens(torch.utils.data.Dataset):
-        def __init__(self):
-            self.ids = torch.randint(3, 64, (N_SAMPLES, 8), generator=torch.Generator().manual_seed(0))
-            self.fetched: list[int] = []
-
-        def __len__(self):
-            return N_SAMPLES
-
-        def __getitem__(self, i):
-            self.fetched.append(int(i))
-            return {"input_ids": self.ids[i], "labels": self.ids[i].clone()}
 
     def lora_digest(model) -> dict[int, str]:
         out: dict[int, hashlib._Hash] = {}
@@ -139,46 +130,66 @@ def _trainer_part(rank: int, out_dir: str) -> None:
                 out.setdefault(layer, hashlib.sha256()).update(p.detach().numpy().tobytes())
         return {k: h.hexdigest() for k, h in sorted(out.items())}
 
-    class Epochs(TrainerCallback):
-        def __init__(self, ds, model):
-            self.ds, self.model, self.starts, self.digests = ds, model, [], []
+    class EpochEnds(TrainerCallback):
+        """LoRA digests at the start and at every curriculum epoch end (state.epoch whole)."""
 
-        def on_epoch_begin(self, args, state, control, **kwargs):
-            self.starts.append(len(self.ds.fetched))
-            self.digests.append(lora_digest(self.model))
+        def __init__(self, model):
+            self.model, self.digests, self.steps = model, [lora_digest(model)], []
 
-        def on_train_end(self, args, state, control, **kwargs):
-            self.digests.append(lora_digest(self.model))
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.epoch == int(state.epoch):
+                self.digests.append(lora_digest(self.model))
+                self.steps.append(state.global_step)
 
-    args = TrainingArguments(output_dir=os.path.join(out_dir, "out"), per_device_train_batch_size=2,
+    args = TrainingArguments(output_dir=os.path.join(out_dir, run), per_device_train_batch_size=2,
                              num_train_epochs=3, logging_steps=1, report_to=[], use_cpu=True,
-                             ddp_backend="gloo", save_strategy="no", disable_tqdm=True,
-                             dataloader_num_workers=0, seed=0)
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
-                                        max_position_embeddings=64, pad_token_id=0))
-    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                                      target_modules=["gate_proj", "up_proj", "down_proj"]))
-    ds = Tokens()
+                             ddp_backend="gloo", save_strategy="steps", save_steps=3,
+                             disable_tqdm=True, dataloader_num_workers=0, seed=0, weight_decay=0.1,
+                             learning_rate=1e-2)
+    model = peft.get_peft_model(tiny_llama(), peft.LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["gate_proj", "up_proj", "down_proj"]))
+    ds = TokenDataset(N_SAMPLES)
     kw = dict(curriculum_start_epoch=0, curriculum_end_epoch=3, warmup_epochs=0, seed=9)
     sampler = LayerWiseProgressiveSampler(_table(), **kw)  # after init: reads rank/world from dist
-    epochs = Epochs(ds, model)
+    recorder = BatchRecorder(model, ds)
+    ends = EpochEnds(model)
     trainer = CurriculumTrainer(model=model, args=args, train_dataset=ds, curriculum_sampler=sampler,
-                                pacing=True, callbacks=[epochs, LayerMaskScheduler(model, sampler)])
-    trainer.train()
+                                pacing=True, layer_mask=LayerMaskScheduler(model, sampler),
+                                callbacks=[recorder, ends])
+    trainer.train(resume_from_checkpoint=resume)
     logs = [{k: v for k, v in h.items() if k.startswith("curriculum/")}
             for h in trainer.state.log_history if "loss" in h]
+    save_file({n: p.detach().contiguous() for n, p in model.named_parameters()},
+              os.path.join(out_dir, f"{run}_params{rank}.safetensors"))
+    return {"rows": {str(k): v for k, v in recorder.rows.items()}, "logs": logs,
+            "world": dist.get_world_size(), "replicas": sampler.num_replicas,
+            "global_step": trainer.state.global_step, "digests": ends.digests, "ends": ends.steps,
+            "sampler": sampler.state_dict(), "mask": trainer.layer_mask.state_dict()}
+
+
+RESUME_AT = 6  # inside epoch 1 (epoch 0 has 4 steps per rank)
+
+
+def _trainer_part(rank: int, out_dir: str) -> None:
+    import shutil
+
+    full = _trainer_run(rank, out_dir, "full")
+    dist.barrier()
+    src = os.path.join(out_dir, "full", f"checkpoint-{RESUME_AT}")
+    dst = os.path.join(out_dir, "resumed", f"checkpoint-{RESUME_AT}")
+    if rank == 0:
+        shutil.copytree(src, dst)
+    dist.barrier()
+    resumed = _trainer_run(rank, out_dir, "resumed", resume=dst)
     with open(os.path.join(out_dir, f"trainer{rank}.json"), "w") as f:
-        json.dump({"fetched": ds.fetched, "starts": epochs.starts, "logs": logs,
-                   "world": dist.get_world_size(), "replicas": sampler.num_replicas,
-                   "global_step": trainer.state.global_step, "digests": epochs.digests}, f)
+        json.dump({"full": full, "resumed": resumed,
+                   "files": sorted(os.listdir(src))}, f)
 
 
 def test_curriculum_trainer_under_ddp_keeps_the_samplers_rank_slices(ddp_run):
     """PEFT LoRA model in DDP: each rank trains on its own slice; LayerMaskScheduler freezes the
     same layers on both ranks, frozen LoRA layers do not move and the replicas stay identical."""
-    recs = [json.loads((ddp_run / f"trainer{r}.json").read_text()) for r in range(WORLD)]
+    recs = [json.loads((ddp_run / f"trainer{r}.json").read_text())["full"] for r in range(WORLD)]
     assert all(r["world"] == 2 and r["replicas"] == 2 for r in recs)
     assert recs[0]["logs"] == recs[1]["logs"]  # same pacing state on both ranks
     assert recs[0]["global_step"] == recs[1]["global_step"]
@@ -192,14 +203,15 @@ def test_curriculum_trainer_under_ddp_keeps_the_samplers_rank_slices(ddp_run):
     from torch_curriculum.samplers import LayerWiseProgressiveSampler
 
     kw = dict(curriculum_start_epoch=0, curriculum_end_epoch=3, warmup_epochs=0, seed=9)
+    ends = [0, *recs[0]["ends"]]
     for e in range(3):
         per_rank = []
         for rank in range(WORLD):
             ref = LayerWiseProgressiveSampler(_table(), num_replicas=WORLD, rank=rank, **kw)
             ref.set_epoch(e)
             expected = list(ref)
-            bounds = [*recs[rank]["starts"], len(recs[rank]["fetched"])]
-            got = recs[rank]["fetched"][bounds[e]:bounds[e + 1]]
+            rows = recs[rank]["rows"]
+            got = [i for s in range(ends[e] + 1, ends[e + 1] + 1) for i in rows[str(s)]]
             # each rank trains on exactly its own slice: accelerate did not shard it again
             assert got == expected, (e, rank)
             per_rank.append(expected)
@@ -209,3 +221,25 @@ def test_curriculum_trainer_under_ddp_keeps_the_samplers_rank_slices(ddp_run):
         assert sorted(per_rank[0] + per_rank[1]) == sorted(whole) or len(whole) % WORLD
         if len(whole) % WORLD == 0:
             assert not set(per_rank[0]) & set(per_rank[1])
+
+
+def test_resume_under_ddp_equals_the_uninterrupted_run(ddp_run):
+    """Interrupted at step 6 (inside epoch 1) and resumed on 2 gloo processes: every rank trains on
+    the same batches and ends with the same parameters, sampler and layer-mask state."""
+    from safetensors.torch import load_file
+
+    for rank in range(WORLD):
+        rec = json.loads((ddp_run / f"trainer{rank}.json").read_text())
+        assert f"curriculum_state_rank{rank}.json" in rec["files"]
+        full, resumed = rec["full"], rec["resumed"]
+        assert resumed["global_step"] == full["global_step"] > RESUME_AT
+        assert sorted(map(int, resumed["rows"])) == list(range(RESUME_AT + 1, full["global_step"] + 1))
+        assert {s: full["rows"][s] for s in resumed["rows"]} == resumed["rows"]
+        assert resumed["sampler"] == full["sampler"]
+        assert resumed["mask"] == full["mask"]
+        assert resumed["logs"][-1] == full["logs"][-1]
+        a = load_file(str(ddp_run / f"full_params{rank}.safetensors"))
+        b = load_file(str(ddp_run / f"resumed_params{rank}.safetensors"))
+        assert a.keys() == b.keys()
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)

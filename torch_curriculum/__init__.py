@@ -33,11 +33,13 @@ _LAZY = {
     "DynamicPacingSampler": "torch_curriculum.samplers",
     "LayerSpecificSampler": "torch_curriculum.samplers",
     "HybridSampler": "torch_curriculum.samplers",
-    "PacingCallback": "torch_curriculum.callbacks",
-    "CurriculumTrainer": "torch_curriculum.callbacks",
-    "attach_curriculum": "torch_curriculum.callbacks",
+    "PacingCallback": "torch_curriculum.integrations.hf",
+    "CurriculumTrainer": "torch_curriculum.integrations.hf",
+    "attach_curriculum": "torch_curriculum.integrations.hf",
+    "LayerMaskCallback": "torch_curriculum.integrations.hf",
+    "LossFeeder": "torch_curriculum.pacing",
     "DifficultyFileError": "torch_curriculum.dataset",
-    "LayerMaskScheduler": "torch_curriculum.callbacks",
+    "LayerMaskScheduler": "torch_curriculum.layer_mask",
 }
 
 __all__ = [
@@ -68,6 +70,8 @@ __all__ = [
     "CurriculumTrainer",
     "attach_curriculum",
     "DifficultyFileError",
+    "LayerMaskCallback",
+    "LossFeeder",
 ]
 
 
@@ -85,9 +89,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .callbacks import CurriculumTrainer, LayerMaskScheduler, PacingCallback, attach_curriculum
     from .dataset import DifficultyFileError, MetaTokenDifficultyDataset
     from .extraction import MetaTokenExtractor
+    from .integrations.hf import (
+        CurriculumTrainer,
+        LayerMaskCallback,
+        PacingCallback,
+        attach_curriculum,
+    )
+    from .layer_mask import LayerMaskScheduler
+    from .pacing import LossFeeder
     from .samplers import (
         DynamicPacingSampler,
         EasyToHardSampler,

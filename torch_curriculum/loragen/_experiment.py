@@ -3,7 +3,7 @@
 Every strategy of a comparison gets the same generator initialisation (seeded), the same data,
 budget and evaluation schedule; only the sampler (and, for layer-aware strategies, the layer mask)
 differs. The functions here are thin: they connect :mod:`torch_curriculum.samplers`,
-:mod:`torch_curriculum.callbacks` and :func:`train_generator`.
+:mod:`torch_curriculum.layer_mask`, :mod:`torch_curriculum.pacing` and :func:`train_generator`.
 """
 
 from __future__ import annotations
@@ -135,8 +135,9 @@ def run_strategy(strategy: str, *, edge_model: nn.Module, data: GeneratorData, d
     Raises:
         ValueError: unknown strategy, or a difficulty table whose length differs from ``data.train``.
     """
-    from ..callbacks import LayerMaskScheduler, PacingCallback
     from ..config import CurriculumConfig, canonical_strategy
+    from ..layer_mask import LayerMaskScheduler
+    from ..pacing import LossFeeder
     from ..samplers import build_sampler
 
     strategy = canonical_strategy(strategy)
@@ -152,7 +153,7 @@ def run_strategy(strategy: str, *, edge_model: nn.Module, data: GeneratorData, d
     torch.manual_seed(seed)
     generator = LoRAGenerator(edge_model, data.cloud_hidden_size, generator_config)
     try:
-        pacing = PacingCallback(sampler)
+        pacing = LossFeeder(sampler)  # a plain loop: the feeder without the TrainerCallback face
         sched = LayerMaskScheduler(generator, sampler) if strategy in LAYER_AWARE_STRATEGIES else None
         info = {"strategy": strategy, "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
                 "curriculum": cfg.to_dict(), "generator": dataclasses.asdict(generator.config),
