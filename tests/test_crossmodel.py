@@ -285,7 +285,8 @@ def _brute_knn(q_c, q_e, ref_c, ref_e, k, self_idx):
         for i in range(n):
             sets = []
             for q, ref in ((q_c[i, j], ref_c[:, j]), (q_e[i, j], ref_e[:, j])):
-                mu = ref.mean(0)
+                keep = [r for r in range(len(ref)) if r != self_idx[i]]
+                mu = ref[keep].mean(0)
                 u = (q - mu) / np.linalg.norm(q - mu)
                 cand = []
                 for r in range(len(ref)):
@@ -316,6 +317,13 @@ def test_knn_agreement_matches_brute_force_and_never_counts_the_sample_itself():
     counted_itself = knn_agreement(ref.cloud, ref.edge, ref, k=1)
     assert (counted_itself == 0).all() and as_ref.mean() > 0.5
     np.testing.assert_allclose(as_ref, _brute_knn(ref.cloud, ref.edge, ref.cloud, ref.edge, 1, np.arange(R)))
+    # drawn or not drawn, the same score: reference 3 scored as a member of the set equals the same
+    # vectors scored as an outsider against the set without it
+    for r in (3, 17):
+        rest = np.delete(np.arange(R), r)
+        outsider = knn_agreement(ref.cloud[[r]], ref.edge[[r]],
+                                 KnnReference(ref.cloud[rest], ref.edge[rest], [ref.sample_ids[i] for i in rest]), k=5)
+        np.testing.assert_allclose(got[[0 if r == 3 else 1]], outsider)
 
 
 def test_knn_signal_excludes_self_in_the_pipeline(pair, samples):

@@ -42,7 +42,8 @@ Signals (``signals=`` names):
   (:meth:`CrossModelSignals.reference`), in cloud layer m(j) and in edge layer j. Each model's
   vectors are centred by the reference set's mean and compared by cosine similarity (LLM states are
   anisotropic). A sample that is itself in the reference set never counts as its own neighbour
-  (matched by sample id), so it is scored among the other references exactly like any other sample.
+  (matched by sample id): it is scored against the other references, centred by their mean, exactly
+  as it would be had it not been drawn.
 
 Cost: the forward passes run the decoder stacks only; the LM heads run at the response positions
 (bpb signals) or at one position (vocabulary signals), of the mapped layers only, chunked over the
@@ -389,7 +390,8 @@ def knn_agreement(cloud: np.ndarray, edge: np.ndarray, reference: KnnReference, 
 
     For every layer j and sample, the k nearest references by cosine similarity after centring
     by the reference mean, separately in the cloud's and the edge's space; ties are broken by the
-    lower reference index. The sample's own reference entry (``self_index``) is never a candidate.
+    lower reference index. A sample that is itself reference ``r`` (``self_index``) is scored exactly
+    as if it had not been drawn: entry r is no candidate and the centre is the mean of the other R-1.
 
     Args:
         cloud (np.ndarray): ``[N, L, dc]`` response meta tokens (mapped cloud layers).
@@ -431,6 +433,10 @@ def knn_agreement(cloud: np.ndarray, edge: np.ndarray, reference: KnnReference, 
         for q, ref in ((c[:, j], reference.cloud[:, j]), (e[:, j], reference.edge[:, j])):
             centre = ref.mean(0)
             sim = _centred_unit(q, centre) @ _centred_unit(ref, centre).T     # [N, R]
+            for i in rows:      # a reference sample: centre and candidates are the other R-1 references
+                others = np.delete(np.arange(r), si[i])
+                c_i = ref[others].mean(0)
+                sim[i] = _centred_unit(ref, c_i) @ _centred_unit(q[i], c_i)
             sim[rows, si[rows]] = -np.inf
             neigh.append(np.argsort(-sim, axis=1, kind="stable")[:, :k])
         for i in range(n):
