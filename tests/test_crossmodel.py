@@ -375,3 +375,20 @@ def test_left_truncation_keeps_the_response_whole(pair, samples):
         r_ids = etok(" " + resp, add_special_tokens=False)["input_ids"]
         assert len(t.ids) <= 48 and t.ids[-len(r_ids):] == r_ids
     assert any(t.truncated for t in toks)
+
+
+def test_prompt_objects_and_chat_template_layout(pair):
+    from torch_curriculum.data import Prompt
+
+    cloud, ctok, edge, etok = pair
+    sig = CrossModelSignals(cloud, ctok, edge, etok)
+    plain = Prompt("x0", "analyze .\npersona : i like tea", "analyze .\n")
+    chat = Prompt("x1", "<s>analyze . persona : i like tea assistant\n", "<s>analyze .", add_special_tokens=False)
+    assert sig.scored_text(plain, "hello there") == " hello there"
+    assert sig.scored_text(chat, "hello there") == "hello there"
+    toks = sig.tokenize("edge", [(plain, "hello there"), (chat, "hello there")])
+    assert toks[0].ids[:toks[0].n_prompt] == etok(plain.text + "\nYou:")["input_ids"]
+    assert toks[1].ids[:toks[1].n_prompt] == etok(chat.text, add_special_tokens=False)["input_ids"]
+    assert [t.n_bytes for t in toks] == [12, 11]
+    custom = CrossModelSignals(cloud, ctok, edge, etok, turn_prefix="\nAssistant: ")
+    assert custom.scored_text(plain, "ok") == "ok"
