@@ -70,7 +70,7 @@ def test_num_stages_is_derived_from_percentiles_and_vice_versa():
         ({"meta_token": {"top_k": 0}}, "meta_token.top_k", ">= 1"),
         ({"meta_token": {"top_k": True}}, "meta_token.top_k", "expected int, got bool"),
         ({"meta_token": {"top_k": 2.5}}, "meta_token.top_k", "expected int"),
-        ({"meta_token": {"distance_metric": "l1"}}, "meta_token.distance_metric", "must be one of l2, cosine, kl, mahalanobis"),
+        ({"meta_token": {"distance_metric": "l1"}}, "meta_token.distance_metric", "must be one of l2, cosine, coord_softmax_kl, mahalanobis"),
         ({"meta_token": {"top_k": 4, "layer_map": [0, 1, 2]}}, "meta_token.top_k", "exceeds the 3 mapped layers"),
         ({"meta_token": {"tau": 0}}, "meta_token.tau", "> 0"),
         ({"training": {"warmup_epochs": -1}}, "training.warmup_epochs", ">= 0"),

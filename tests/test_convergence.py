@@ -117,7 +117,7 @@ def test_runner_end_to_end_then_resume(tmp_path):
     assert set(doc["h2"]["strategies"]) == {"easy_to_hard", "ctrl_length", "anti_curriculum"}
     # H1: every metric x pooling x aggregate side by side with the cheap signals, on both targets
     names = set(doc["h1"]["signals"])
-    for metric in ("l2", "cosine", "kl", "mahalanobis"):
+    for metric in ("l2", "cosine", "coord_softmax_kl", "mahalanobis"):
         for pooling in ("mean", "last"):
             for agg in ("mean", "weighted_mean", "max", "topk_mean"):
                 assert f"meta_{metric}_{pooling}_{agg}" in names

@@ -44,15 +44,15 @@ def test_cosine_matches_scipy_cosine():
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 3.0])
-def test_kl_matches_scipy_entropy_cloud_is_reference(temperature):
+def test_coord_softmax_kl_matches_scipy_entropy_cloud_is_reference(temperature):
     a, b = _pair(scale=2.0)
-    got = layer_distances(torch.tensor(a), torch.tensor(b), "kl", temperature=temperature).numpy()
+    got = layer_distances(torch.tensor(a), torch.tensor(b), "coord_softmax_kl", temperature=temperature).numpy()
     p = special.softmax(a / temperature, axis=-1)
     q = special.softmax(b / temperature, axis=-1)
     ref = stats.entropy(p, q, axis=-1)  # KL(p || q), p = cloud
     np.testing.assert_allclose(got, ref, rtol=1e-10)
     # not symmetric: swapping the roles changes the value
-    swapped = layer_distances(torch.tensor(b), torch.tensor(a), "kl", temperature=temperature).numpy()
+    swapped = layer_distances(torch.tensor(b), torch.tensor(a), "coord_softmax_kl", temperature=temperature).numpy()
     assert not np.allclose(got, swapped)
 
 
@@ -123,12 +123,12 @@ def test_distance_errors_are_clear():
     with pytest.raises(ValueError, match=r"\[L, d, d\]"):
         layer_distances(a, a + 1, "mahalanobis", covariance=torch.eye(3))
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        layer_distances(a, a, "kl", temperature=0.0)
+        layer_distances(a, a, "coord_softmax_kl", temperature=0.0)
 
 
 def test_identical_inputs_give_zero_distance():
     a = torch.randn(5, 3, 8)
-    for metric in ("l2", "cosine", "kl"):
+    for metric in ("l2", "cosine", "coord_softmax_kl"):
         assert torch.allclose(layer_distances(a, a.clone(), metric), torch.zeros(5, 3, dtype=torch.float64), atol=1e-7)
 
 
@@ -257,3 +257,9 @@ def test_rank_normalisation_properties(n, n_layers, seed):
     assert torch.allclose(r.max(dim=0).values, torch.ones(n_layers, dtype=torch.float64))
     # rank is invariant to any increasing transform of a layer
     assert torch.equal(normalize_layers(d.double() ** 3 + 5, "rank"), r)
+
+
+def test_old_kl_metric_name_is_an_error_pointing_to_its_replacements():
+    a = torch.randn(3, 2, 4)
+    with pytest.raises(ValueError, match="'kl' was removed.*coord_softmax_kl.*vocab_kl"):
+        layer_distances(a, a + 1, "kl")

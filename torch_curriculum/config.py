@@ -80,7 +80,8 @@ class MetaTokenSection:
     """``meta_token``: how meta tokens are extracted and turned into difficulty scores.
 
     Attributes:
-        distance_metric (str): ``l2`` (seed default), ``cosine``, ``kl`` or ``mahalanobis``.
+        distance_metric (str): ``l2`` (seed default), ``cosine``, ``coord_softmax_kl`` (a softmax over
+            aligned coordinates; the former ``kl``) or ``mahalanobis``.
         top_k (int): K of the ``topk_mean`` score (seed: 3; 3..5 is about 20% of the layers).
         system_prompt (str): the same system prompt given to both models.
         pooling (str): ``mean`` (default; masked mean over the non-system tokens), ``last`` or ``meta``.
@@ -90,7 +91,7 @@ class MetaTokenSection:
         normalization (str): across-layer normalisation, ``rank`` (default), ``zscore``, ``robust``, ``none``.
         primary_score (str): the aggregate used for percentiles and stages. Defaults to ``topk_mean``.
         tau (float | None): tau of ``weighted_mean``; None means L/3. Defaults to None.
-        kl_temperature (float): softmax temperature of the ``kl`` metric. Defaults to 1.0.
+        kl_temperature (float): softmax temperature of the ``coord_softmax_kl`` metric. Defaults to 1.0.
         layer_map (list[int] | None): cloud layer for each edge layer; None means relative depth
             ``round((j+1)*Lc/Le) - 1``.
         max_context_turns (int): dialogue turns of context kept (the oldest are cut, and reported). Defaults to 4.

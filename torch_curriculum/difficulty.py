@@ -35,7 +35,16 @@ __all__ = [
     "score_name",
 ]
 
-METRICS = ("l2", "cosine", "kl", "mahalanobis")
+METRICS = ("l2", "cosine", "coord_softmax_kl", "mahalanobis")
+
+# ``kl`` was a softmax over the coordinates of aligned vectors (cosines to anchors, or an arbitrary hidden
+# basis): not a distribution over anything. It is kept only under a name that says what it computes.
+_REMOVED_METRICS = {
+    "kl": "metric 'kl' was removed: it was a softmax over the coordinates of aligned meta-token vectors "
+          "(not a distribution over anything); use 'coord_softmax_kl' for that number, or the vocabulary-space "
+          "signals of torch_curriculum.crossmodel ('vocab_kl', 'uld'), which compare the two models' "
+          "next-token distributions",
+}
 NORMALIZATIONS = ("rank", "zscore", "robust", "none")
 AGGREGATES = ("mean", "weighted_mean", "max", "topk_mean")
 
@@ -134,7 +143,11 @@ def layer_distances(
 
     * ``l2``: ``||a - b||_2``.
     * ``cosine``: ``1 - cos(a, b)`` (a zero vector has cosine 0 to everything, so distance 1).
-    * ``kl``: ``KL(softmax(a / T) || softmax(b / T))``; the cloud is the reference distribution.
+    * ``coord_softmax_kl``: ``KL(softmax(a / T) || softmax(b / T))`` over the *coordinates* of the aligned
+      vectors, the cloud as the reference. This is not a divergence between next-token distributions
+      (those are :mod:`torch_curriculum.crossmodel`'s ``vocab_kl`` / ``uld``): under ``relative``
+      alignment the coordinates are cosines in [-1, 1] that soften to a near-uniform distribution. It was
+      called ``kl`` before; that name is an error now.
     * ``mahalanobis``: ``sqrt(D^T S^-1 D)`` with ``D = a - b`` and ``S`` the per-layer covariance of
       ``D`` over the N samples, Ledoit-Wolf shrunk, in float64; or the ``covariance`` /
       ``precision`` (inverse covariance) the caller passes, ``[d, d]`` shared or ``[L, d, d]``.
@@ -142,10 +155,10 @@ def layer_distances(
     Args:
         cloud (torch.Tensor): ``[N, L, d]`` cloud meta tokens (already aligned to the edge space).
         edge (torch.Tensor): ``[N, L, d]`` edge meta tokens.
-        metric (str): one of ``l2``, ``cosine``, ``kl``, ``mahalanobis``. Defaults to ``"l2"``.
+        metric (str): one of ``l2``, ``cosine``, ``coord_softmax_kl``, ``mahalanobis``. Defaults to ``"l2"``.
         covariance (torch.Tensor | None): Mahalanobis only; overrides the estimated covariance.
         precision (torch.Tensor | None): Mahalanobis only; the inverse covariance, used as is.
-        temperature (float): KL only; softmax temperature T > 0. Defaults to 1.0.
+        temperature (float): ``coord_softmax_kl`` only; softmax temperature T > 0. Defaults to 1.0.
 
     Returns:
         torch.Tensor: ``[N, L]`` float64 distances.
@@ -160,6 +173,8 @@ def layer_distances(
         >>> layer_distances(a, b, "cosine").shape
         torch.Size([8, 4])
     """
+    if metric in _REMOVED_METRICS:
+        raise ValueError(_REMOVED_METRICS[metric])
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     cloud, edge = torch.as_tensor(cloud), torch.as_tensor(edge)
@@ -188,7 +203,7 @@ def layer_distances(
         den = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
         cos = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
         return (1.0 - cos).clamp_min(0.0)
-    if metric == "kl":
+    if metric == "coord_softmax_kl":
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         log_p = torch.log_softmax(a / temperature, dim=-1)
