@@ -196,7 +196,11 @@ def _h2_section(h2: Mapping[str, Any] | None) -> list[str]:
     lines += [f"% fewer optimizer steps to the target validation loss than `{h2['baseline']}`, "
               f"per seed then averaged (positive = faster); {conf}% Student-t CI over seeds; "
               f"p = paired t-test of steps to target by seed. Censoring: {h2.get('censoring', '')}."
-              " The seed expected 20–30% fewer steps.", ""]
+              " The seed expected 20–30% fewer steps. **MDE**: the smallest true speed-up this design "
+              f"(these seeds, this seed-to-seed spread) detects with {h2.get('power', 0.8):.0%} power; a "
+              "non-significant result with an MDE above 30% says nothing about a 20–30% effect. **val AUC**: the "
+              "area under the validation curve / its step span (the mean validation loss over the run), a "
+              "budget-free measure that needs no target; % lower than the baseline, paired by seed.", ""]
     rows = []
     summary = []
     strategies = h2["strategies"]
@@ -206,13 +210,19 @@ def _h2_section(h2: Mapping[str, Any] | None) -> list[str]:
         r = strategies[s]
         per_seed = ", ".join(_f(v, 1) for v in r.get("per_seed") or [])
         rows.append([f"`{s}`", f"{_f(r['pct_fewer_steps_vs_random'], 1)}%",
-                     _ci(r["ci95"], 1), _p(r["p_value"]), per_seed,
+                     _ci(r["ci95"], 1), _p(r["p_value"]), f"≥ {_f(r.get('mde_pct'), 1)}%", per_seed,
                      f"{r.get('n_censored', 0)}/{r.get('n_pairs', '?')}",
+                     f"{_f(r.get('pct_lower_auc_vs_random'), 2)}% {_ci(r.get('auc_ci95'), 2)}",
+                     _p(r.get("auc_p_value")), f"≥ {_f(r.get('auc_mde_pct'), 2)}%",
                      _f(r.get("pct_fewer_samples_vs_random"), 1),
                      _f(r.get("pct_fewer_wall_time_vs_random"), 1)])
-        summary.append(f"`{s}`: {_h2_verdict(r['ci95'], r['p_value'])}")
-    lines += _table(["strategy", "% fewer steps", f"{conf}% CI", "p", "per seed (%)",
-                     "censored", "% fewer samples", "% less wall time"], rows)
+        verdict = _h2_verdict(r["ci95"], r["p_value"])
+        if verdict.startswith("not") and r.get("mde_pct") is not None:
+            verdict += f"; could have detected ≥ {_f(r['mde_pct'], 1)}%"
+        summary.append(f"`{s}`: {verdict}")
+    lines += _table(["strategy", "% fewer steps", f"{conf}% CI", "p", "MDE (80% power)", "per seed (%)",
+                     "censored", "% lower val AUC [CI]", "p (AUC)", "MDE (AUC)", "% fewer samples",
+                     "% less wall time"], rows)
     lines += ["", "Plainly: " + "; ".join(summary) + ". Significant here means both the paired test "
               f"(p ≤ 0.05, not corrected for the {len(strategies)} comparisons; H3 applies Holm) and the CI "
               "of the % agree.", ""]
@@ -260,6 +270,8 @@ def _h3_section(h3: Mapping[str, Any] | None) -> list[str]:
 def _runs_section(doc: Mapping[str, Any]) -> list[str]:
     lines = ["## Runs", ""]
     target = doc["target"]
+    if target.get("description"):
+        lines += [f"Target: {target['description']}.", ""]
     lines += [f"Target validation loss: rule `{target.get('rule')}` (baseline "
               f"`{target.get('baseline')}`, interpolation "
               f"{'on' if target.get('interpolate') else 'off'}); per seed: "
@@ -313,6 +325,64 @@ def _per_layer_section(per_layer: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
+def _noise_section(noise: Mapping[str, Any] | None) -> list[str]:
+    if not noise:
+        return []
+    lines = ["## Positive control — injected noise", "",
+             f"{noise['n_noisy']} of {noise['n']} training responses ({100 * noise['fraction']:.0f}%) were replaced "
+             "by the response of another conversation (validation and test are clean). The control "
+             f"`{noise['oracle']}` trains clean samples first, by the stored flag.", ""]
+    ov = noise.get("oracle_vs_baseline")
+    if ov:
+        verdict = ("**calibrated**: the instrument detects a curriculum effect that certainly exists"
+                   if noise.get("calibrated") else
+                   "**NOT calibrated** at these settings: the oracle's advantage is not significant, so a null result "
+                   "for the real curricula says little (more seeds, validation samples or a finer evaluation grid "
+                   "are needed)")
+        lines += [f"`{noise['oracle']}` vs random: {_f(ov.get('pct_fewer_steps_vs_random'), 1)}% fewer steps to "
+                  f"target, 95% CI {_ci(ov.get('ci95'), 1)}, p = {_p(ov.get('p_value'))}, MDE "
+                  f"{_f(ov.get('mde_pct'), 1)}% ({ov.get('n_pairs')} seeds); val AUC "
+                  f"{_f(ov.get('pct_lower_auc_vs_random'), 2)}% lower {_ci(ov.get('auc_ci95'), 2)}, "
+                  f"p = {_p(ov.get('auc_p_value'))}. Rule: {noise.get('rule', '')}. Verdict: {verdict}.", ""]
+    else:
+        lines += ["The oracle has no finished run paired with the baseline yet.", ""]
+    lines += ["### AUROC of each signal at flagging the noisy samples", "",
+              "0.5 = chance; above 0.5 the signal is larger on noisy samples, below 0.5 smaller. 95% CI: stratified "
+              "percentile bootstrap. `target:*` rows are measured after training (not available before it).", ""]
+    rows = [[f"`{k}`", v.get("kind", ""), _f(v["auroc"]), _ci(v["ci95"]), v["n"]]
+            for k, v in noise["auroc"].items()]
+    lines += _table(["signal", "kind", "AUROC", "95% CI", "n"], rows)
+    return [*lines, ""]
+
+
+def _h1_extra_sections(doc: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    ho = doc.get("h1_heldout")
+    if ho:
+        lines += ["## H1 (a) — held-out samples", "", ho["targets"].get("heldout_loss", ""), ""]
+        sigs = ho["signals"]
+        rows = [[i, f"`{s}`", sigs[s].get("kind", ""),
+                 f"{_f(sigs[s]['spearman'])} {_ci(sigs[s]['ci95']['spearman'])}", _p(sigs[s]["spearman_p"]),
+                 sigs[s]["n"]] for i, s in enumerate(ho["ranking"], start=1)]
+        lines += _table(["#", "signal", "kind", "Spearman ρ [CI]", "p", "n"], rows)
+        lines.append("")
+    hl = doc.get("h1_layers")
+    if hl:
+        lines += ["## H1 (d) — per layer: does d_j mark what layer j's LoRA must learn?", "", hl["description"]
+                  + f" ({hl['n_samples']} samples, {hl['n_seeds']} seeds).", ""]
+        rows = []
+        for j in range(hl["layers"]):
+            row: list[Any] = [j]
+            for when in ("init", "end"):
+                r = hl[when][j]
+                row.append(f"{_f(r['spearman'])} {_ci(r['ci95'])}" if r["spearman"] is not None else "—")
+            rows.append(row)
+        lines += _table(["layer j", "ρ at initialisation [CI]", "ρ after training [CI]"], rows)
+        sig = [j for j in range(hl["layers"]) if hl["init"][j]["ci95"] and hl["init"][j]["ci95"][0] > 0]
+        lines += ["", f"Layers whose CI at initialisation lies above 0: {sig or 'none'} of {hl['layers']}.", ""]
+    return lines
+
+
 def render_markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     """The Markdown report of a results document.
 
@@ -327,10 +397,12 @@ def render_markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     lines = [f"# Curriculum benchmark report{': ' + doc['preset'] if doc.get('preset') else ''}",
              "", "Generated from `results.json` (schema v"
              f"{doc['schema_version']}) and the run logs it references by "
-             "`benchmarks/report.py`; regenerate with "
-             "`python benchmarks/report.py <this directory>`.", ""]
+             "`torch-curriculum report`; re-render with "
+             "`torch-curriculum report <this directory> --render-only`.", ""]
     lines += _headline(doc)
+    lines += _noise_section(doc.get("noise"))
     lines += _h1_section(doc.get("h1"))
+    lines += _h1_extra_sections(doc)
     lines += _h2_section(doc.get("h2"))
     lines += _h3_section(doc.get("h3"))
     lines += _runs_section(doc)
@@ -578,6 +650,35 @@ def _h1_scatter(plt: Any, h1: Mapping[str, Any], samples: Mapping[str, np.ndarra
     return True
 
 
+def _heatmap_h1_layers(plt: Any, hl: Mapping[str, Any], path: Path) -> None:
+    """Spearman(grad norm of layer j, d_j) per layer, at initialisation and after training."""
+    rows = [[np.nan if r["spearman"] is None else r["spearman"] for r in hl[w]] for w in ("init", "end")]
+    m = np.asarray(rows, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * m.shape[1] + 2), 2.4))
+    im = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_yticks([0, 1], ["at init", "after training"])
+    ax.set_xlabel("generator layer j")
+    ax.set_title("H1 (d): Spearman ρ(per-sample grad norm of layer j, d_j)")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    _save(plt, fig, path)
+
+
+def _noise_auroc(plt: Any, noise: Mapping[str, Any], path: Path) -> None:
+    items = list(noise["auroc"].items())[:20]
+    fig, ax = plt.subplots(figsize=(7.0, 0.3 * len(items) + 1.2))
+    y = np.arange(len(items))
+    est = [v["auroc"] for _, v in items]
+    lo = [v["auroc"] - v["ci95"][0] for _, v in items]
+    hi = [v["ci95"][1] - v["auroc"] for _, v in items]
+    ax.errorbar(est, y, xerr=[lo, hi], fmt="o", capsize=3)
+    ax.axvline(0.5, color="grey", lw=1, ls="--")
+    ax.set_yticks(y, [k for k, _ in items], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("AUROC at flagging the injected noise (95% CI)")
+    _save(plt, fig, path)
+
+
 def make_plots(doc: Mapping[str, Any], results_dir: str | Path, plt: Any) -> list[str]:
     """Write every plot the results directory has data for; return their relative paths.
 
@@ -618,6 +719,12 @@ def make_plots(doc: Mapping[str, Any], results_dir: str | Path, plt: Any) -> lis
             samples = {k: npz[k] for k in npz.files}
         if _h1_scatter(plt, doc["h1"], samples, out_dir / "h1_scatter.png"):
             written.append("plots/h1_scatter.png")
+    if doc.get("h1_layers"):
+        _heatmap_h1_layers(plt, doc["h1_layers"], out_dir / "h1_per_layer_heatmap.png")
+        written.append("plots/h1_per_layer_heatmap.png")
+    if (doc.get("noise") or {}).get("auroc"):
+        _noise_auroc(plt, doc["noise"], out_dir / "noise_auroc.png")
+        written.append("plots/noise_auroc.png")
     return written
 
 

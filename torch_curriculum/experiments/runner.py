@@ -66,7 +66,7 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 __all__ = ["CONTROLS", "PresetError", "collect_results", "inject_noise", "load_preset", "parse_shard",
            "resolve_autocast", "resolve_preset", "run_preset", "validate_preset"]
 
-logger = logging.getLogger("convergence")
+logger = logging.getLogger("torch_curriculum.experiments")
 
 CONTROLS = ("ctrl_length", "ctrl_edge_loss", "anti_curriculum", "oracle", "lwp_freeze_only", "lwp_order_only")
 CONTROL_INFO = {
@@ -109,7 +109,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
 }
 _TOP = {"preset": (str, REQUIRED), "description": (str, ""), "seeds": (list, REQUIRED),
         "strategies": (list, list(STRATEGIES)), "controls": (list, list(CONTROLS)),
-        "threads": ((int, type(None)), None), "curriculum": (dict, {}),
+        "threads": ((int, type(None)), None), "curriculum": (dict, {}), "budgets": (dict, {}),
         **{k: (dict, {} if k == "analysis" else REQUIRED) for k in _SCHEMA}}
 _MODEL_KEYS = {"bundled": {"kind", "name"}, "hf": {"kind", "name", "gguf_file"},
                "tiny": {"kind", "arch", "hidden", "layers", "heads", "kv_heads", "seed"}}
@@ -254,7 +254,60 @@ def validate_preset(data: Any) -> dict[str, Any]:
         raise PresetError(f"curriculum.training.steps_per_epoch: the curriculum spans "
                           f"{t.curriculum_end_epoch} x {t.steps_per_epoch} steps, more than training.steps="
                           f"{tr['steps']} (the strategies would never reach the full data set)")
+    for name, spec in cfg["budgets"].items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise PresetError(f"budgets.{name}: a budget name must be an identifier (it names a folder)")
+        if not isinstance(spec, dict):
+            raise PresetError(f"budgets.{name}: must be a mapping, got {type(spec).__name__}")
+        unknown = sorted(set(spec) - set(_BUDGET_KEYS))
+        if unknown:
+            raise PresetError(f"budgets.{name}.{unknown[0]}: unknown key; known: {', '.join(_BUDGET_KEYS)}")
+        if "steps" not in spec or "eval_every" not in spec:
+            raise PresetError(f"budgets.{name}: steps and eval_every are required")
+        try:
+            budget_config(cfg, name)
+        except PresetError as e:
+            raise PresetError(f"budgets.{name}: {e}") from None
     return cfg
+
+
+_BUDGET_KEYS = ("steps", "eval_every", "steps_per_epoch", "curriculum_end_epoch", "warmup_epochs")
+
+
+def budget_config(cfg: Mapping[str, Any], name: str | None) -> dict[str, Any]:
+    """The preset as it applies to one budget (its steps, evaluation period and pacing).
+
+    A preset with ``budgets`` runs every strategy once per budget, into ``<out>/<budget>/``; the
+    data, difficulty files and signals are shared. ``name=None`` (or a preset without budgets)
+    returns the preset itself.
+
+    Raises:
+        PresetError: unknown budget or an invalid combination (e.g. a curriculum longer than the budget).
+    """
+    if name is None:
+        return copy.deepcopy(dict(cfg))
+    if name not in cfg["budgets"]:
+        raise PresetError(f"budgets: no budget named {name!r}; known: {', '.join(cfg['budgets'])}")
+    spec = cfg["budgets"][name]
+    out = copy.deepcopy(dict(cfg))
+    out["budgets"] = {}
+    out["training"]["steps"] = spec["steps"]
+    out["training"]["eval_every"] = spec["eval_every"]
+    tr = out["curriculum"].setdefault("training", {})
+    for key in ("steps_per_epoch", "curriculum_end_epoch", "warmup_epochs"):
+        if key in spec:
+            tr[key] = spec[key]
+    return validate_preset(out)
+
+
+def budget_names(cfg: Mapping[str, Any]) -> list[str | None]:
+    """The budgets of a preset (``[None]`` when it has a single budget)."""
+    return list(cfg["budgets"]) or [None]
+
+
+def run_root(out: Path, budget: str | None) -> Path:
+    """Where the runs, results and report of one budget go (``out`` itself without budgets)."""
+    return Path(out) / budget if budget else Path(out)
 
 
 def load_preset(path: str | Path) -> dict[str, Any]:
@@ -660,13 +713,15 @@ def _grad_subset(cfg: Mapping[str, Any], n: int) -> list[int]:
 def train_all(cfg: Mapping[str, Any], data: Any, edge: Any, difficulty: MetaTokenDifficultyDataset,
               signals: Mapping[str, np.ndarray], out: Path, run_info: Mapping[str, Any], *,
               noise_flags: np.ndarray | None = None, shard: tuple[int, int] = (0, 1),
-              stop_after: int | None = None) -> tuple[int, int]:
+              stop_after: int | None = None, index_base: int = 0) -> tuple[int, int]:
     """Train every (seed, strategy) of this shard not finished yet; returns (trained, skipped).
 
     Args:
         shard (tuple[int, int]): ``(i, n)``, 0-based: this process trains plan entries
             ``i, i + n, i + 2n, ...`` (the plan is seed-major). Default ``(0, 1)``: all.
         stop_after (int | None): return after training this many runs (tests). Default None.
+        index_base (int): position of this plan's first run in the whole invocation's plan (the
+            shard split is over all budgets together). Default 0.
     """
     from torch_curriculum.loragen import LoRAGenConfig, evaluate_per_sample_loss
     from torch_curriculum.loragen._experiment import run_strategy
@@ -682,7 +737,7 @@ def train_all(cfg: Mapping[str, Any], data: Any, edge: Any, difficulty: MetaToke
     trained = skipped = 0
     plan = _run_plan(cfg)
     for i, (seed, name) in enumerate(plan):
-        if i % shard[1] != shard[0]:
+        if (index_base + i) % shard[1] != shard[0]:
             continue
         log_path = out / "runs" / name / f"seed{seed}.jsonl"
         is_random = name == "random"
@@ -991,11 +1046,19 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
     run_info = {"preset": cfg["preset"], "data": data_desc, "data_fingerprint": fp,
                 "difficulty_file": str(Path(primary.path).relative_to(out)),
                 "difficulty_fingerprint": primary.metadata.get("run_key")}
-    trained, skipped = train_all(cfg, data, edge, primary, cheap, out, run_info, noise_flags=noise_flags,
-                                 shard=shard, stop_after=stop_after)
+    trained = skipped = base = 0
+    for budget in budget_names(cfg):
+        bcfg = budget_config(cfg, budget)
+        left = None if stop_after is None else stop_after - trained
+        if left is not None and left <= 0:
+            break
+        t, k = train_all(bcfg, data, edge, primary, cheap, run_root(out, budget),
+                         {**run_info, "budget": budget}, noise_flags=noise_flags, shard=shard, stop_after=left,
+                         index_base=base)
+        trained, skipped, base = trained + t, skipped + k, base + len(_run_plan(bcfg))
     training_s = time.perf_counter() - t0
     summary = {"results": None, "report": None}
-    if _plan_status(cfg, out)["complete"] > 0:
+    if any(_plan_status(budget_config(cfg, b), run_root(out, b))["complete"] for b in budget_names(cfg)):
         summary = collect_results(out, report=report, plots=plots, config_path=config_path,
                                   extra_provenance={"runs_trained_this_invocation": trained, "runs_resumed": skipped,
                                                     "training_s_this_invocation": round(training_s, 1)})
@@ -1043,17 +1106,38 @@ def collect_results(out: str | Path, *, report: bool = True, plots: bool = True,
         if not (out / name).is_file():
             raise PresetError(f"{out} has no {name}: not a results directory written by `torch-curriculum "
                               "experiment` (or its preparation has not finished)")
-    cfg = validate_preset(json.loads((out / "config.json").read_text(encoding="utf-8")))
+    full = validate_preset(json.loads((out / "config.json").read_text(encoding="utf-8")))
     prep = json.loads((out / "prepared.json").read_text(encoding="utf-8"))
-    status = _plan_status(cfg, out)
+    written: dict[str, Any] = {}
+    for budget in budget_names(full):
+        cfg, root = budget_config(full, budget), run_root(out, budget)
+        if not _plan_status(cfg, root)["complete"]:
+            continue
+        res = _collect_one(out, root, cfg, prep, budget, report=report, plots=plots, config_path=config_path,
+                           extra_provenance=extra_provenance)
+        written[budget or ""] = res
+    if not written:
+        raise PresetError(f"{out}: no finished run yet; nothing to report")
+    if list(written) == [""]:
+        return written[""]
+    return {"results": {b: r["results"] for b, r in written.items()},
+            "report": {b: r["report"] for b, r in written.items()}}
+
+
+def _collect_one(out: Path, root: Path, cfg: Mapping[str, Any], prep: Mapping[str, Any], budget: str | None, *,
+                 report: bool, plots: bool, config_path: str | None,
+                 extra_provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+    import os
+
+    status = _plan_status(cfg, root)
     seeds = [s for s in cfg["seeds"] if (s, "random") in status["done"]]
     if not seeds:
-        raise PresetError(f"{out}: no finished random-order run yet (the baseline); nothing to compare")
+        return {"results": None, "report": None, "note": f"{root}: no finished random-order run yet"}
     records = []
     for seed, name in status["done"]:
         if seed in seeds:
-            path = out / "runs" / name / f"seed{seed}.jsonl"
-            records.append(_results.run_record_from_log(path, name, seed, results_dir=out))
+            path = root / "runs" / name / f"seed{seed}.jsonl"
+            records.append(_results.run_record_from_log(path, name, seed, results_dir=root))
     an = cfg["analysis"]
     if an["target"] == "pooled":
         grids = {tuple(r["val_steps"]) for r in records}
@@ -1077,7 +1161,7 @@ def collect_results(out: str | Path, *, report: bool = True, plots: bool = True,
     primary = files[(mt.pooling, mt.distance_metric)]
     cheap = _load_signals(out / "signals.npz") or {}
     n = prep["splits"]["train"]
-    targets, target_desc = h1_targets(cfg, out, n)
+    targets, target_desc = h1_targets(cfg, root, n)
     signals, signal_info = h1_signals(cfg, files, cheap)
     noise_path = out / "arrays" / "noise_flags.npy"
     noise_flags = np.load(noise_path) if noise_path.is_file() else None
@@ -1085,8 +1169,8 @@ def collect_results(out: str | Path, *, report: bool = True, plots: bool = True,
     hv = _load_signals(out / "heldout" / "signals.npz")
     if cfg["h1"]["heldout"] and hv is not None:
         hsig, hinfo = h1_signals(cfg, _load_difficulty(cfg, out / "heldout" / "difficulty"), hv)
-        extra["h1_heldout"] = h1_heldout(cfg, out, prep["splits"]["val"], hsig, hinfo)
-    extra["h1_layers"] = h1_layers(cfg, out, primary.layer_diffs.numpy())
+        extra["h1_heldout"] = h1_heldout(cfg, root, prep["splits"]["val"], hsig, hinfo)
+    extra["h1_layers"] = h1_layers(cfg, root, primary.layer_diffs.numpy())
     noise_signals = dict(signals)
     if noise_flags is not None:
         for t in ("loss_after_training", "learnability"):
@@ -1094,9 +1178,10 @@ def collect_results(out: str | Path, *, report: bool = True, plots: bool = True,
                 noise_signals[f"target:{t}"] = targets[t]
                 signal_info[f"target:{t}"] = {"kind": "learned", "description": target_desc[t]}
     h1_primary = next((t for t in ("learnability", "loss_after_training", "train_loss_mean") if t in targets), None)
-    arrays = _results.save_arrays(out, layer_diffs=primary.layer_diffs, layer_diffs_raw=primary.raw_layer_diffs,
+    arrays = _results.save_arrays(root, layer_diffs=primary.layer_diffs, layer_diffs_raw=primary.raw_layer_diffs,
                                   h1_samples={**signals, **targets})
     if noise_flags is not None:
+        np.save(root / "arrays" / "noise_flags.npy", noise_flags)
         arrays["noise_flags"] = "arrays/noise_flags.npy"
     diff_paths = [files[k].path for k in sorted(files)]
     provenance = {
@@ -1105,7 +1190,8 @@ def collect_results(out: str | Path, *, report: bool = True, plots: bool = True,
         "data_fingerprint": _results.data_fingerprint(*([prep["data_file"]] if prep["data_file"] else []),
                                                       *diff_paths),
         "samples_fingerprint": prep["samples_fingerprint"], "data": prep["data"], "splits": prep["splits"],
-        "models": prep["models"], "difficulty_files": [str(Path(p).relative_to(out)) for p in diff_paths],
+        "models": prep["models"], "difficulty_files": [Path(os.path.relpath(p, root)).as_posix() for p in diff_paths],
+        "budget": budget,
         "primary_difficulty": {"pooling": mt.pooling, "metric": mt.distance_metric,
                                "score": f"top{mt.top_k}_mean" if mt.primary_score == "topk_mean" else mt.primary_score},
         "controls": {c: CONTROL_INFO[c] for c in cfg["controls"]}, "autocast": prep.get("autocast"),
@@ -1118,7 +1204,7 @@ def collect_results(out: str | Path, *, report: bool = True, plots: bool = True,
     }
     doc = _results.build_results(records, signals=signals if targets else None, targets=targets or None, primary_target=h1_primary,
                                  signal_info=signal_info, target_descriptions=target_desc, provenance=provenance,
-                                 arrays=arrays, preset=cfg["preset"], n_boot=cfg["h1"]["n_boot"],
+                                 arrays=arrays, preset=cfg["preset"] + (f" ({budget} budget)" if budget else ""), n_boot=cfg["h1"]["n_boot"],
                                  confidence=float(cfg["h1"]["confidence"]), seed=cfg["seeds"][0],
                                  target_rule=rule, target_loss=target_loss, interpolate=True,
                                  power=float(an["power"]), target_description=tdesc, noise_flags=None, extra=extra)
@@ -1126,8 +1212,8 @@ def collect_results(out: str | Path, *, report: bool = True, plots: bool = True,
         doc["noise"] = _results.jsonable(_results._noise(
             noise_signals, noise_flags, signal_info, doc["h2"], "oracle", cfg["h1"]["n_boot"],
             float(cfg["h1"]["confidence"]), 0.05, cfg["seeds"][0]))
-    res_path = _results.write_results(out, doc)
-    rep = _report.build_report(out, plots=plots) if report else None
+    res_path = _results.write_results(root, doc)
+    rep = _report.build_report(root, plots=plots) if report else None
     return {"results": str(res_path), "report": str(rep) if rep else None}
 
 
