@@ -104,7 +104,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
     "h1": {"metrics": (list, list(METRICS)), "poolings": (list, ["mean"]), "n_boot": (int, 1000),
            "signal_batch_size": (int, 8), "confidence": ((int, float), 0.95),
            "grad_samples": (int, 0), "heldout": (bool, False)},
-    "analysis": {"target": (str, "pooled"), "pilot_seed": ((int, type(None)), None),
+    "analysis": {"target": (str, "pooled"),
                  "target_fraction": ((int, float), 0.5), "power": ((int, float), 0.8)},
 }
 _TOP = {"preset": (str, REQUIRED), "description": (str, ""), "seeds": (list, REQUIRED),
@@ -196,13 +196,8 @@ def validate_preset(data: Any) -> dict[str, Any]:
         raise PresetError(f"training.autocast: must be one of {', '.join(AUTOCAST_MODES)}, "
                           f"got {cfg['training']['autocast']!r}")
     an = cfg["analysis"]
-    if an["target"] not in ("pooled", "pilot", "baseline"):
-        raise PresetError(f"analysis.target: must be pooled, pilot or baseline, got {an['target']!r}")
-    if an["target"] == "pilot" and an["pilot_seed"] is None:
-        raise PresetError("analysis.pilot_seed: required when analysis.target is 'pilot'")
-    if an["pilot_seed"] is not None and an["pilot_seed"] in cfg["seeds"]:
-        raise PresetError(f"analysis.pilot_seed: {an['pilot_seed']} is one of the compared seeds; the pilot seed "
-                          "must not be in the comparison")
+    if an["target"] not in ("pooled", "baseline"):
+        raise PresetError(f"analysis.target: must be pooled or baseline, got {an['target']!r}")
     if not 0 < an["target_fraction"] < 1 or not 0 < an["power"] < 1:
         raise PresetError("analysis: target_fraction and power must be in (0, 1)")
     if cfg["data"]["max_length"] < 8:
