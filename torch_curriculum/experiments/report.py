@@ -4,8 +4,8 @@ Usage::
 
     python benchmarks/report.py benchmarks/results/<preset> [--no-plots]
 
-Reads ``<dir>/results.json`` (schema: ``benchmarks/RESULTS_SCHEMA.md`` and the docstring of
-``benchmarks/_results.py``), the per-run JSONL logs it references (``runs.<strategy>.<seed>.log``)
+Reads ``<dir>/results.json`` (schema: ``torch_curriculum/experiments/RESULTS_SCHEMA.md`` and the docstring of
+``torch_curriculum.experiments.results``), the per-run JSONL logs it references (``runs.<strategy>.<seed>.log``)
 and the arrays under ``arrays`` (``layer_diffs``, ``layer_diffs_raw``: ``.npy`` ``[N, L]``;
 ``h1_samples``: ``.npz`` of per-sample signals and targets), all relative to ``<dir>``. Writes
 ``<dir>/report.md`` and, when matplotlib is importable, ``<dir>/plots/*.png``:

@@ -1,10 +1,10 @@
 """``results.json`` of a benchmark preset: reading run logs, building the H1/H2/H3 sections, checking.
 
-The runner (``benchmarks/convergence.py``) only collects raw numbers: one run record per
+The runner (:mod:`torch_curriculum.experiments.runner`) only collects raw numbers: one run record per
 (strategy, seed) -- most easily :func:`run_record_from_log` on the run's JSONL log -- plus per-sample
 difficulty signals and targets for H1. :func:`build_results` turns them into the sections below,
-:func:`write_results` writes the file, and ``benchmarks/report.py`` renders it. The schema is
-documented in full in ``benchmarks/RESULTS_SCHEMA.md``; in short (``schema_version`` 1)::
+:func:`write_results` writes the file, and :mod:`torch_curriculum.experiments.report` renders it. The schema is
+documented in full in ``torch_curriculum/experiments/RESULTS_SCHEMA.md``; in short (``schema_version`` 1)::
 
     {
       "schema_version": 1,
@@ -48,7 +48,7 @@ Example (what a runner does once its runs are done)::
                         primary_target="train_loss_mean", provenance={"config": cfg, "seed": 0,
                         "data_fingerprint": data_fingerprint(data_file, diff_file)},
                         arrays=arrays, preset="cpu")
-    write_results(root, doc)   # then: python benchmarks/report.py benchmarks/results/cpu
+    write_results(root, doc)   # then: torch-curriculum report benchmarks/results/cpu --render-only
 """
 
 from __future__ import annotations

@@ -1,41 +1,37 @@
-"""The seed's experiments (issue 6): every curriculum strategy vs. random, over seeds, with H1-H3.
+"""The seed's experiments: every curriculum strategy and control vs. random, over seeds, with H1-H3.
 
-Usage::
+Usage (the installed command; ``python -m torch_curriculum`` works the same)::
 
-    python benchmarks/convergence.py --preset cpu        # bundled SmolLM2 + Qwen2.5, chitchat, ~60 min on 2 cores
-    python benchmarks/convergence.py --preset cpu --data ../shared/data/synthetic-persona-chat/Synthetic-Persona-Chat_valid.csv
-    python benchmarks/convergence.py --preset gpu --data personachat/train_self_original.txt
-    python benchmarks/convergence.py --preset smoke --data dialogues.jsonl   # tiny random models, seconds
-    python benchmarks/report.py benchmarks/results/cpu   # regenerate the report from the results only
+    torch-curriculum experiment --config noisy --out results/noisy      # the positive control
+    torch-curriculum experiment --config cpu --out results/cpu [--shard 1/4]
+    torch-curriculum experiment --config my.yaml --data dialogues.jsonl
+    torch-curriculum report results/cpu                                   # merge shards, write the report
 
-A preset is a YAML file in ``benchmarks/configs/`` (``--config`` takes any other), loaded strictly
-(an unknown key is an error naming it). What one invocation does, writing under
-``benchmarks/results/<preset>/`` (``--out``):
+A preset is a YAML file (shipped ones in ``torch_curriculum/experiments/presets/``), loaded strictly
+(an unknown key is an error naming it). What one invocation does, writing under ``--out``:
 
 1. reads the dialogues and draws the train / validation / test splits (test is used for nothing
-   but the final test loss);
-2. loads the edge and cloud models (bundled GGUFs, Hugging Face ids, or tiny random models);
+   but the final test loss); with ``data.noise_fraction`` it replaces a seeded share of the
+   training responses by responses of other conversations (:func:`inject_noise`, flags in
+   ``arrays/noise_flags.npy``);
+2. loads the edge and cloud models (``bundled``, Hugging Face ids or local folders, tiny random models);
 3. precomputes the meta-token differences of the training split once per pooling and derives the
-   distances of every metric from the SAME pooled vectors (``difficulty/<pooling>_<metric>.safetensors``;
-   the shards of one pooling are kept in ``difficulty/work_<pooling>`` and only merged per metric);
-4. computes the cheap per-sample signals with :mod:`torch_curriculum.signals` (response length,
-   bare edge loss, cloud-minus-edge loss gap, IFD), cached in ``signals.npz``;
-5. trains the reference LoRA-Gen generator under every strategy and control, for every seed, with
-   the same initialisation per seed, budget, data and evaluation schedule
-   (``torch_curriculum.loragen._experiment.run_strategy``); each run's log is
-   ``runs/<strategy>/seed<k>.jsonl``. A finished run (its log has its ``test`` and ``end`` records,
-   and for ``random`` the per-sample loss after training) is never redone, so an interrupted
-   invocation resumes where it stopped;
-6. builds ``results.json`` with ``benchmarks/_results.build_results`` (H1/H2/H3, runs, per-layer,
-   provenance) and writes ``report.md`` + ``plots/`` with ``benchmarks/report.py``.
+   distances of every metric from the SAME pooled vectors (``difficulty/<pooling>_<metric>.safetensors``);
+   with ``h1.heldout`` the same for the validation split (``heldout/``);
+4. computes the cheap per-sample signals (:mod:`torch_curriculum.experiments.signals`: response
+   length, bare edge loss, cloud-minus-edge loss gap, IFD), cached in ``signals.npz``;
+5. trains the reference LoRA-Gen generator under every strategy and control, for every seed (and
+   every budget of ``budgets``, into ``<out>/<budget>/``), with the same initialisation per seed,
+   budget, data and evaluation schedule; each run's log is ``runs/<strategy>/seed<k>.jsonl``. A
+   finished run is never redone, so an interrupted invocation resumes where it stopped;
+   ``--shard i/n`` trains every n-th run only;
+6. :func:`collect_results` builds ``results.json`` (H1/H2/H3 with MDEs, the positive control, the
+   held-out and per-layer H1 targets, provenance) and ``report.md`` + ``plots/``.
 
-Controls (easy-to-hard without the cloud model, and the reverse of ours): ``ctrl_length`` (easy to
-hard by response length), ``ctrl_edge_loss`` (by the bare edge model's loss before training) and
-``anti_curriculum`` (hard to easy by the primary meta-token score); each is ``EasyToHardSampler`` over
-a one-column score table (``top_k=1``).
-
-The last line printed is one JSON object: ``results``, ``report``, ``runs_trained``,
-``runs_skipped``, ``wall_s``.
+Controls (:data:`CONTROL_INFO`): ``ctrl_length``, ``ctrl_edge_loss`` (easy to hard without the
+cloud model), ``anti_curriculum`` (the reverse of ours), ``oracle`` (clean samples first, the
+positive control), ``lwp_freeze_only`` / ``lwp_order_only`` (layer_wise_progressive's layer
+schedule with random order / its order with every layer trainable).
 """
 
 from __future__ import annotations
