@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/report.py benchmarks/results/<preset> [--no-plots]
+    torch-curriculum report <results dir> [--no-plots] [--render-only]
 
 Reads ``<dir>/results.json`` (schema: ``torch_curriculum/experiments/RESULTS_SCHEMA.md`` and the docstring of
 ``torch_curriculum.experiments.results``), the per-run JSONL logs it references (``runs.<strategy>.<seed>.log``)
