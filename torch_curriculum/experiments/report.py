@@ -766,7 +766,7 @@ def results_page(entries: Sequence[tuple[str, str | Path]], *, page_dir: str | P
         str: the page.
 
     Example:
-        >>> "not run yet" in results_page([("cpu", "/nonexistent")])
+        >>> "Not run yet" in results_page([("cpu", "/nonexistent")])
         True
     """
     import os

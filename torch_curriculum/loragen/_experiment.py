@@ -52,11 +52,12 @@ class FreezeOnlySampler:
         >>> import torch
         >>> from torch_curriculum import CurriculumConfig
         >>> from torch_curriculum.samplers import build_sampler
-        >>> cfg = CurriculumConfig.from_dict({"curriculum": {"strategy": "layer_wise_progressive"}})
+        >>> lwp = CurriculumConfig.from_dict({"curriculum": {"strategy": "layer_wise_progressive"}})
+        >>> rnd = CurriculumConfig.from_dict({"curriculum": {"strategy": "random"}})
         >>> d = torch.rand(12, 4)
-        >>> s = FreezeOnlySampler(build_sampler(CurriculumConfig(), d), build_sampler(cfg, d))
-        >>> len(list(iter(s)))
-        12
+        >>> s = FreezeOnlySampler(build_sampler(rnd, d), build_sampler(lwp, d))
+        >>> sorted(iter(s)) == list(range(12)), s.trainable_layers == s.schedule.trainable_layers
+        (True, True)
     """
 
     def __init__(self, order: Any, schedule: Any):
