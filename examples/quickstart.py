@@ -1,7 +1,7 @@
 """Quickstart: the main job on the embedded default (what `make demo` runs).
 
 Run:
-    make demo                                   # the default run, ~15 minutes on 2 CPU cores
+    make demo                                   # the default run, sized for < 10 minutes on 2 CPU cores
     python examples/quickstart.py --max-samples 64 --steps 12    # a short run
     python examples/quickstart.py --data ../shared/data/synthetic-persona-chat/Synthetic-Persona-Chat_valid.csv
 
@@ -20,8 +20,12 @@ What it does, end to end, with nothing downloaded beyond the package registry:
 
 The curriculum is paced in steps: ``training.curriculum_end_epoch`` curriculum "epochs" of
 ``--curriculum-fraction * steps / curriculum_end_epoch`` steps each, then random order over all data.
-One run on a few hundred samples is a demonstration, not evidence: ``benchmarks/convergence.py``
-repeats it over seeds with statistics.
+One run on a hundred samples is a demonstration, not evidence: ``torch-curriculum experiment
+--config cpu`` repeats it over seeds with statistics (and ``--config noisy`` checks that the
+instrument can see an effect at all); see docs/guides/experiments.md.
+
+Sizing (``make demo`` within 10 minutes on 2 cores from an empty model cache): 96 training samples
+x 64 edge tokens, 40 steps per strategy; the first run also converts the two GGUFs (~1 min).
 """
 
 from __future__ import annotations
@@ -52,14 +56,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=None, help="dialogue file (default: the bundled chitchat-dataset)")
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml", help="CurriculumConfig YAML")
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output folder")
-    p.add_argument("--max-samples", type=int, default=160, help="training samples (default 160)")
-    p.add_argument("--eval-samples", type=int, default=None, help="validation and test samples each (default max-samples/5, 8..32)")
-    p.add_argument("--steps", type=int, default=60, help="optimizer steps per strategy (default 60)")
+    p.add_argument("--max-samples", type=int, default=96, help="training samples (default 96)")
+    p.add_argument("--eval-samples", type=int, default=None, help="validation and test samples each (default max-samples/5, 16..32)")
+    p.add_argument("--steps", type=int, default=40, help="optimizer steps per strategy (default 40)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4,
-                   help="AdamW learning rate (2e-3 overfits 160 samples within 60 steps)")
+                   help="AdamW learning rate (2e-3 overfits a small training set within a few dozen steps)")
     p.add_argument("--eval-every", type=int, default=None, help="validation period in steps (default steps/5)")
-    p.add_argument("--max-length", type=int, default=128, help="edge tokens per training example")
+    p.add_argument("--max-length", type=int, default=64, help="edge tokens per training example (default 64)")
     p.add_argument("--strategies", default="random,easy_to_hard,layer_wise_progressive",
                    help="comma-separated; random is always run first as the baseline")
     p.add_argument("--curriculum-fraction", type=float, default=0.6,
@@ -79,7 +83,7 @@ def _subsample(samples, n, seed):
 
 def load_splits(args):
     """Train/val/test dialogue samples; the three never share a conversation for chitchat."""
-    n_eval = args.eval_samples if args.eval_samples is not None else max(8, min(32, args.max_samples // 5))
+    n_eval = args.eval_samples if args.eval_samples is not None else max(16, min(32, args.max_samples // 5))
     if args.data is None:
         train = _subsample(load_chitchat(split="train"), args.max_samples, args.seed)
         val = _subsample(load_chitchat(split="valid"), n_eval, args.seed + 1)
@@ -173,10 +177,16 @@ def main(argv=None) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
     print()
-    print(f"Reference LoRA-Gen generator, {args.steps} steps x batch {args.batch_size}, {len(train)} training samples "
-          f"({data_desc}); validation every {eval_every} steps on {len(val)} held-out samples.")
-    print(f"Validation loss before training: {base.val_curve[0]['loss']:.4f}; "
-          f"target = the random baseline's final validation loss {target:.4f}.")
+    print("What was compared: the same LoRA-Gen generator (the adapter generator the edge model learns), from the")
+    print(f"same initialisation, trained for {args.steps} steps x batch {args.batch_size} on {len(train)} training "
+          f"samples ({data_desc}),")
+    print("once per data order: `random` (the baseline) and each curriculum, which feeds samples in order of their")
+    print("meta-token difficulty (how differently the cloud and edge models represent the sample, layer by layer).")
+    print(f"Validation loss = mean next-token loss on {len(val)} held-out responses, every {eval_every} steps "
+          "(lower is better).")
+    print(f"Before training it was {base.val_curve[0]['loss']:.4f}. Target = the random baseline's final "
+          f"validation loss {target:.4f};")
+    print("'steps to target' = the first evaluation at which a strategy was at or below it (fewer = faster).")
     print()
     print("| strategy | final val loss | best val loss | steps to target | test loss | wall time |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -188,8 +198,10 @@ def main(argv=None) -> int:
     if target >= base.val_curve[0]["loss"]:
         print(f"Note: the baseline ended no better than the untrained generator ({base.val_curve[0]['loss']:.4f}), "
               "so the target is met at step 0; use more data, fewer steps or a lower --lr.")
-    print("One seed on a small sample: differences here are not statistically tested "
-          "(benchmarks/convergence.py does that over seeds).")
+    print("One seed on a small sample: differences here are NOT statistically tested. For that run")
+    print("  torch-curriculum experiment --config noisy   # the positive control (can the instrument see anything?)")
+    print("  torch-curriculum experiment --config cpu     # curricula vs random over 5 seeds, with CIs and MDEs")
+    print("(docs/guides/experiments.md explains every number).")
     print()
     print("Artefacts:")
     print(f"  difficulty file (safetensors, memory-mapped): {diff_path}")

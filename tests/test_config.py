@@ -10,7 +10,8 @@ from torch_curriculum import ConfigError, CurriculumConfig
 from torch_curriculum.config import DEFAULT_SYSTEM_PROMPT
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = sorted((ROOT / "examples" / "configs").glob("*.yaml")) + sorted((ROOT / "benchmarks" / "configs").glob("*.yaml"))
+SHIPPED = sorted((ROOT / "examples" / "configs").glob("*.yaml")) + sorted(
+    (ROOT / "torch_curriculum" / "experiments" / "presets").glob("*.yaml"))
 
 
 def test_seed_yaml_matches_the_seed():
@@ -32,7 +33,7 @@ def test_every_shipped_yaml_loads(path):
     import yaml
 
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if "preset" in data:  # a benchmarks/convergence.py preset: its `curriculum` section is a CurriculumConfig
+    if "preset" in data:  # an experiment preset: its `curriculum` section is a CurriculumConfig
         cfg = CurriculumConfig.from_dict(data["curriculum"])
     else:
         cfg = CurriculumConfig.from_yaml(path)

@@ -1,12 +1,17 @@
-"""benchmarks/convergence.py end to end on tiny random llama/qwen2 models, its preset loader, and the
-cheap H1 signals of torch_curriculum.signals against naive per-sample references."""
+"""torch_curriculum.experiments end to end on tiny random llama/qwen2 models (the runner, its preset
+loader, the positive control, the freeze-only / order-only controls, budgets, the CLI killed mid-run
+and resumed), and the cheap H1 signals against naive per-sample references."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import random
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +21,11 @@ import torch.nn.functional as F
 from _tiny_lm import WORDS, make_model, make_tokenizer
 
 from torch_curriculum import signals
+from torch_curriculum.experiments import PRESETS_DIR
+from torch_curriculum.experiments import results as _results
+from torch_curriculum.experiments import runner as convergence
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import _results  # noqa: E402
-import convergence  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -93,12 +98,13 @@ def _write_dialogues(path: Path, n: int = 120) -> Path:
 
 
 def _preset(data: Path) -> dict:
-    cfg = convergence.load_preset(ROOT / "benchmarks" / "configs" / "smoke.yaml")
+    cfg = convergence.load_preset(PRESETS_DIR / "smoke.yaml")
     cfg = copy.deepcopy(cfg)
     cfg["data"]["source"] = str(data)
     cfg["data"].update(train_samples=20, val_samples=4, test_samples=4, max_length=24)  # some are truncated
-    cfg["strategies"] = ["random", "easy_to_hard"]
-    cfg["controls"] = ["ctrl_length", "anti_curriculum"]
+    cfg["strategies"] = ["random", "easy_to_hard", "layer_wise_progressive"]
+    cfg["controls"] = ["ctrl_length", "anti_curriculum", "oracle", "lwp_freeze_only", "lwp_order_only"]
+    cfg["h1"].update(grad_samples=5, heldout=True)
     cfg["training"]["steps"] = 4
     cfg["curriculum"]["training"].update(steps_per_epoch=1, curriculum_end_epoch=3)
     return convergence.validate_preset(cfg)
@@ -108,13 +114,24 @@ def test_runner_end_to_end_then_resume(tmp_path):
     cfg = _preset(_write_dialogues(tmp_path / "d.jsonl"))
     out = tmp_path / "res"
     summary = convergence.run_preset(cfg, out, plots=False)
-    assert summary["runs_trained"] == 8 and summary["runs_skipped"] == 0
+    assert summary["runs_trained"] == 16 and summary["runs_skipped"] == 0
 
     doc = json.loads((out / "results.json").read_text())
     _results.validate_results(doc, out)
-    assert set(doc["runs"]) == {"random", "easy_to_hard", "ctrl_length", "anti_curriculum"}
+    names = {"random", "easy_to_hard", "layer_wise_progressive", "ctrl_length", "anti_curriculum", "oracle",
+             "lwp_freeze_only", "lwp_order_only"}
+    assert set(doc["runs"]) == names
     assert all(set(by_seed) == {"0", "1"} for by_seed in doc["runs"].values())
-    assert set(doc["h2"]["strategies"]) == {"easy_to_hard", "ctrl_length", "anti_curriculum"}
+    assert set(doc["h2"]["strategies"]) == names - {"random"}
+    for row in doc["h2"]["strategies"].values():  # an MDE and the budget-free AUC beside every verdict
+        assert row["mde_pct"] is not None and row["mde_pct"] >= 0
+        assert row["auc_ci95"] is not None and row["auc_mde_pct"] is not None
+    # the pooled target: one level for every run, from the mean curve of all runs at half the budget
+    assert doc["target"]["rule"] == "fixed" and doc["target"]["interpolate"] is True
+    curves = [r for by_seed in doc["runs"].values() for r in by_seed.values()]
+    assert len({r["target_loss"] for r in curves}) == 1
+    auc = curves[0]["val_auc"]
+    assert auc is not None and np.isfinite(auc)
     # H1: every metric x pooling x aggregate side by side with the cheap signals, on both targets
     names = set(doc["h1"]["signals"])
     for metric in ("l2", "cosine", "coord_softmax_kl", "mahalanobis"):
@@ -122,8 +139,20 @@ def test_runner_end_to_end_then_resume(tmp_path):
             for agg in ("mean", "weighted_mean", "max", "topk_mean"):
                 assert f"meta_{metric}_{pooling}_{agg}" in names
     assert {"response_length", "edge_loss_before", "cloud_minus_edge_loss", "ifd"} <= names
-    assert doc["h1"]["primary_target"] == "train_loss_mean"
-    assert set(doc["h1"]["targets"]) == {"train_loss_mean", "loss_after_training"}
+    assert doc["h1"]["primary_target"] == "learnability"
+    assert set(doc["h1"]["targets"]) == {"train_loss_mean", "loss_after_training", "learnability"}
+    assert doc["h1"]["targets"]["train_loss_mean"].startswith("OLD TARGET")
+    # (a) held-out samples, (d) per-layer gradient norms at init and after training
+    assert doc["h1_heldout"]["signals"]["edge_loss_before"]["n"] == 4
+    assert len(doc["h1_layers"]["init"]) == len(doc["h1_layers"]["end"]) == 4 and doc["h1_layers"]["n_samples"] == 5
+    # the positive control: flags stored, every signal's AUROC, the calibration verdict
+    flags = np.load(out / "arrays" / "noise_flags.npy")
+    assert int(flags.sum()) == 6 and doc["noise"]["n_noisy"] == 6
+    assert "edge_loss_before" in doc["noise"]["auroc"] and doc["noise"]["calibrated"] in (True, False)
+    auroc = doc["noise"]["auroc"]["edge_loss_before"]
+    assert auroc["ci95"][0] <= auroc["auroc"] <= auroc["ci95"][1]
+    text = (out / "report.md").read_text()
+    assert "## Positive control" in text and "MDE (80% power)" in text and "H1 (d)" in text
     assert doc["provenance"]["seeds"] == [0, 1] and doc["provenance"]["data_fingerprint"].startswith("sha256:")
     assert (out / "report.md").read_text().startswith("# Curriculum benchmark report: smoke")
 
@@ -143,6 +172,23 @@ def test_runner_end_to_end_then_resume(tmp_path):
     first = next(json.loads(line) for line in lines if json.loads(line)["type"] == "train")
     floor = np.sort(score)[::-1][int(np.ceil(0.33 * len(score)))]
     assert all(score[i] >= floor for i in first["indices"]), (first["indices"], floor)
+    # the oracle trains clean samples first: its warm-up batches hold no noisy sample
+    recs = [json.loads(line) for line in (out / "runs" / "oracle" / "seed0.jsonl").read_text().splitlines()]
+    first = [i for r in recs if r["type"] == "train" and r["step"] <= 2 for i in r["indices"]]
+    assert first and not flags[first].any(), (first, flags)
+    # freeze-only: the layer schedule of layer_wise_progressive with random data order;
+    # order-only: its data order with every layer trainable
+    def train_recs(name, seed=0):
+        path = out / "runs" / name / f"seed{seed}.jsonl"
+        return [r for r in map(json.loads, path.read_text().splitlines()) if r["type"] == "train"]
+
+    lwp, frz, odr, rnd = (train_recs(n) for n in ("layer_wise_progressive", "lwp_freeze_only", "lwp_order_only",
+                                                    "random"))
+    assert [r["trainable_layers"] for r in frz] == [r["trainable_layers"] for r in lwp]
+    assert len(lwp[0]["trainable_layers"]) < 4  # the schedule really freezes layers early on
+    assert [r["indices"] for r in frz] == [r["indices"] for r in rnd]
+    assert [r["indices"] for r in odr] == [r["indices"] for r in lwp]
+    assert all(r["trainable_layers"] == [0, 1, 2, 3] for r in odr)
     # the random runs hold H1's targets: per-sample training losses and the after-training evaluation
     recs = [json.loads(line) for line in (out / "runs" / "random" / "seed1.jsonl").read_text().splitlines()]
     assert all(len(r["per_sample_loss"]) == len(r["indices"]) for r in recs if r["type"] == "train")
@@ -157,7 +203,7 @@ def test_runner_end_to_end_then_resume(tmp_path):
     logs = sorted((out / "runs").rglob("*.jsonl"))
     mtimes = [p.stat().st_mtime_ns for p in logs]
     again = convergence.run_preset(cfg, out, report=False)
-    assert again["runs_trained"] == 0 and again["runs_skipped"] == 8
+    assert again["runs_trained"] == 0 and again["runs_skipped"] == 16
     assert [p.stat().st_mtime_ns for p in logs] == mtimes
     # a run cut off before its end is redone, and only that one
     cut = out / "runs" / "easy_to_hard" / "seed1.jsonl"
@@ -173,36 +219,142 @@ def test_runner_end_to_end_then_resume(tmp_path):
 
 
 def test_preset_loader_names_bad_keys(tmp_path):
-    base = (ROOT / "benchmarks" / "configs" / "smoke.yaml").read_text()
+    base = (PRESETS_DIR / "smoke.yaml").read_text()
     cases = [(base.replace("  steps: 6", "  stepz: 6"), r"training.stepz: unknown key; did you mean 'steps'"),
              (base.replace("pacing: step,", "pacing: stepwise,"), r"curriculum.curriculum.pacing"),
              (base.replace("rank: 4,", "rnak: 4,"), r"training.generator.rnak"),
              (base.replace("controls: [ctrl_length", "controls: [ctrl_len"), r"controls: unknown control"),
              (base.replace("seeds: [0, 1]", "seeds: []"), r"seeds: must be a non-empty list"),
-             (base.replace("  eval_every: 2\n", ""), r"training.eval_every: required key is missing")]
+             (base.replace("  eval_every: 2\n", ""), r"training.eval_every: required key is missing"),
+             (base.replace("noise_fraction: 0.3", "noise_fraction: 0.0"), r"'oracle' orders samples by the injected"),
+             (base.replace("noise_fraction: 0.3", "noise_fraction: 1.5"), r"data.noise_fraction: must be in \[0, 1\)"),
+             (base + "budgets: {short: {steps: 4}}\n", r"budgets.short: steps and eval_every are required"),
+             (base + "analysis: {target: best}\n", r"analysis.target: must be pooled or baseline")]
     for text, pattern in cases:
         p = tmp_path / "p.yaml"
         p.write_text(text)
         with pytest.raises(convergence.PresetError, match=pattern):
             convergence.load_preset(p)
-    for name in ("cpu", "gpu", "smoke"):
-        cfg = convergence.load_preset(ROOT / "benchmarks" / "configs" / f"{name}.yaml")
+    for name in ("cpu", "gpu", "smoke", "noisy"):
+        cfg = convergence.load_preset(PRESETS_DIR / f"{name}.yaml")
         assert cfg["preset"] == name and cfg["strategies"][0] == "random"
+    cpu = convergence.load_preset(PRESETS_DIR / "cpu.yaml")  # the issue's minimum design
+    assert cpu["data"]["train_samples"] >= 1000 and len(cpu["seeds"]) >= 5 and cpu["data"]["val_samples"] >= 64
+    short, long = (convergence.budget_config(cpu, b)["training"]["steps"] * cpu["training"]["batch_size"]
+                   / cpu["data"]["train_samples"] for b in ("short", "long"))
+    assert short < 1 and long >= 3
+    assert {"lwp_freeze_only", "lwp_order_only"} <= set(cpu["controls"])
 
 
 def test_cli_reports_a_bad_preset(tmp_path, capsys):
+    from torch_curriculum.cli import main
+
     p = tmp_path / "bad.yaml"
     p.write_text("preset: x\nseeds: [0]\nbogus: 1\n")
-    assert convergence.main(["--config", str(p)]) == 2
+    assert main(["experiment", "--config", str(p)]) == 2
     assert "bogus: unknown key" in capsys.readouterr().err
+    assert main(["experiment", "--config", "no_such_preset"]) == 2
+    assert "no preset named 'no_such_preset'" in capsys.readouterr().err
+    assert main(["experiment", "--config", "smoke", "--shard", "3/2"]) == 2
+    assert "--shard: expected 1 <= i <= n" in capsys.readouterr().err
+
+
+def test_inject_noise_swaps_responses_across_conversations():
+    from torch_curriculum.data import DialogueSample
+
+    samples = [DialogueSample(f"s{i}", (), (f"open {i // 3}", f"turn {i}"), f"reply {i}") for i in range(30)]
+    out, flags = convergence.inject_noise(samples, 0.35, seed=4)
+    assert flags.dtype == np.int8 and int(flags.sum()) == round(0.35 * 30)
+    again, flags2 = convergence.inject_noise(samples, 0.35, seed=4)
+    assert [s.response for s in again] == [s.response for s in out] and (flags == flags2).all()
+    for i, (a, b) in enumerate(zip(samples, out)):
+        assert (a.persona, a.context, a.sample_id) == (b.persona, b.context, b.sample_id)
+        if flags[i]:
+            donor = int(b.response.split()[1])
+            assert b.response != a.response and samples[donor].context[0] != a.context[0]
+        else:
+            assert b.response == a.response
+    with pytest.raises(ValueError, match="no donor response from another conversation"):
+        convergence.inject_noise([DialogueSample(f"s{i}", (), ("same",), f"r{i}") for i in range(4)], 0.5, 0)
+
+
+def test_cli_experiment_killed_mid_run_resumes_then_reports(tmp_path):
+    """CI: the installed command on a smoke preset, SIGKILLed during a run, resumed, then `report`."""
+    cfg = _preset(_write_dialogues(tmp_path / "d.jsonl"))
+    cfg.update(strategies=["random", "easy_to_hard"], controls=["oracle"])
+    cfg["h1"].update(grad_samples=0, heldout=False, metrics=["l2"], poolings=["mean"])
+    cfg["training"]["steps"] = 12
+    cfg["curriculum"]["training"].update(steps_per_epoch=3, curriculum_end_epoch=3)
+    import yaml
+
+    conf = tmp_path / "smoke_ci.yaml"
+    conf.write_text(yaml.safe_dump(json.loads(json.dumps(cfg))))
+    out = tmp_path / "res"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch_curriculum", "experiment", "--config", str(conf), "--out", str(out),
+           "--no-plots", "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        # wait until one run has finished and the next one has started writing its log
+        while time.time() < deadline and proc.poll() is None:
+            logs = list((out / "runs").rglob("*.jsonl")) if (out / "runs").is_dir() else []
+            done = [p for p in logs if '"type": "end"' in p.read_text()]
+            if done and len(logs) > len(done):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logs = list((out / "runs").rglob("*.jsonl"))
+    finished = {p for p in logs if '"type": "end"' in p.read_text()}
+    assert finished and len(logs) > len(finished)  # killed in the middle of a run
+    mtimes = {p: p.stat().st_mtime_ns for p in finished}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["runs_skipped"] == len(finished) and summary["runs_trained"] == 6 - len(finished)
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # finished runs untouched
+    (out / "results.json").unlink()
+    rep = subprocess.run([sys.executable, "-m", "torch_curriculum", "report", str(out), "--no-plots"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert set(doc["runs"]) == {"random", "easy_to_hard", "oracle"}
+    assert doc["provenance"]["runs_missing"] == [] and doc["noise"]["oracle"] == "oracle"
+
+
+def test_shards_split_the_runs_and_report_merges_them(tmp_path):
+    cfg = _preset(_write_dialogues(tmp_path / "d.jsonl"))
+    cfg.update(strategies=["random", "easy_to_hard"], controls=["oracle"])
+    cfg["h1"].update(grad_samples=0, heldout=False, metrics=["l2"], poolings=["mean"])
+    cfg["budgets"] = {"short": {"steps": 2, "eval_every": 1, "steps_per_epoch": 1, "curriculum_end_epoch": 2},
+                      "long": {"steps": 4, "eval_every": 2}}
+    cfg = convergence.validate_preset(cfg)
+    out = tmp_path / "res"
+    a = convergence.run_preset(cfg, out, shard=(0, 2), report=False)
+    b = convergence.run_preset(cfg, out, shard=(1, 2), report=False)
+    assert a["runs_trained"] + b["runs_trained"] == 12 and abs(a["runs_trained"] - b["runs_trained"]) <= 1
+    assert b["runs_skipped"] == 0  # the shards are disjoint
+    res = convergence.collect_results(out, plots=False)
+    for budget, steps in (("short", 2), ("long", 4)):
+        doc = json.loads(Path(res["results"][budget]).read_text())
+        assert set(doc["runs"]) == {"random", "easy_to_hard", "oracle"}
+        assert all(r["steps"] == steps for by_seed in doc["runs"].values() for r in by_seed.values())
+        assert (out / budget / "report.md").is_file()
+    assert convergence.parse_shard("2/3") == (1, 3) and convergence.parse_shard(None) == (0, 1)
 
 
 @pytest.mark.integration
 def test_runner_on_the_bundled_models(tmp_path):
     # the cpu preset shrunk to seconds of training: real SmolLM2 / Qwen2.5 tokenizers and chitchat
     pytest.importorskip("gguf")
-    cfg = copy.deepcopy(convergence.load_preset(ROOT / "benchmarks" / "configs" / "cpu.yaml"))
-    cfg.update(seeds=[0], strategies=["random"], controls=["ctrl_edge_loss"], threads=None)
+    cfg = copy.deepcopy(convergence.load_preset(PRESETS_DIR / "cpu.yaml"))
+    cfg.update(seeds=[0], strategies=["random"], controls=["ctrl_edge_loss"], threads=None, budgets={})
+    cfg["h1"].update(grad_samples=0, heldout=False)
     cfg["data"].update(train_samples=8, val_samples=2, test_samples=2)
     cfg["training"].update(steps=2, eval_every=1)
     cfg["h1"].update(metrics=["l2"], poolings=["mean"], n_boot=20)

@@ -85,7 +85,7 @@ def test_quickstart_writes_valid_artefacts_and_the_comparison_table(quickstart):
     assert summary["target_val_loss"] == rows["random"]["final_val_loss"]
     for r in rows.values():
         assert r["final_val_loss"] > 0 and r["test_loss"] > 0
-    assert "| strategy | final val loss |" in stdout
+    assert "| strategy | final val loss |" in stdout and "What was compared" in stdout
     assert all(f"| {s} |" in stdout for s in rows)
     assert str(out / "difficulty.safetensors") in stdout
 

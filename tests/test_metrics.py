@@ -1,4 +1,4 @@
-"""torch_curriculum.metrics against hand-made learning curves and scipy references."""
+"""torch_curriculum.experiments.metrics against hand-made learning curves and scipy references."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from torch_curriculum.metrics import (
+from torch_curriculum.experiments.metrics import (
     bootstrap_ci,
     compare_correlations,
     holm,
@@ -320,7 +320,7 @@ def test_compare_correlations_matches_scipy_paired_bootstrap():
 
 
 def test_resampled_ranks_by_counting_equal_rankdata():
-    from torch_curriculum.metrics import _codes, _resampled_ranks, _spearman_boot
+    from torch_curriculum.experiments.metrics import _codes, _resampled_ranks, _spearman_boot
 
     rng = np.random.default_rng(5)
     x = np.round(rng.normal(size=300), 1)  # many ties
@@ -463,3 +463,71 @@ def test_missing_scipy_is_a_clear_error_naming_the_extra(monkeypatch):
     assert steps_to_target([1, 2], [3.0, 1.0], 2.0) == 2.0
     with pytest.raises(ImportError, match=r"torch_curriculum\[examples\]"):
         t_ci([1.0, 2.0, 3.0])
+
+
+# ------------------------------------------------------------------ AUC, AUROC and power (issue 13)
+
+
+def test_area_under_curve_is_the_trapezoid_mean_loss():
+    from torch_curriculum.experiments.metrics import area_under_curve
+
+    steps = np.array([0.0, 4.0, 8.0, 20.0])
+    loss = np.array([5.0, 4.0, 3.5, 3.0])
+    want = np.trapezoid(loss, steps) / 20.0 if hasattr(np, "trapezoid") else np.trapz(loss, steps) / 20.0
+    assert area_under_curve(steps, loss) == pytest.approx(want)
+    # a constant curve's mean is its level, whatever the grid
+    assert area_under_curve([0, 3, 10], [2.0, 2.0, 2.0]) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        area_under_curve([0, 2, 2], [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="same length >= 2"):
+        area_under_curve([0], [1.0])
+
+
+def test_auroc_matches_a_brute_force_pair_count():
+    from torch_curriculum.experiments.metrics import auroc, auroc_ci
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(60) < 0.35).astype(int)
+    x = np.round(rng.normal(size=60) + 1.5 * y, 1)  # rounding makes ties
+    pos, neg = x[y == 1], x[y == 0]
+    brute = np.mean([1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg])
+    assert auroc(x, y) == pytest.approx(brute)
+    assert auroc(-x, y) == pytest.approx(1 - brute)
+    r = auroc_ci(x, y, n_boot=400, seed=1)
+    assert r["ci95"][0] < r["auroc"] < r["ci95"][1] and r["n_positive"] == int(y.sum())
+    assert r["ci95"][0] > 0.5  # a 1.5-SD shift is real and 60 samples see it
+    with pytest.raises(ValueError, match="both classes"):
+        auroc([1.0, 2.0], [1, 1])
+    with pytest.raises(ValueError, match="0 or 1"):
+        auroc([1.0, 2.0], [0, 2])
+
+
+@pytest.mark.parametrize("n,sd", [(3, 12.0), (5, 20.0), (8, 7.5)])
+def test_mde_matches_a_simulated_paired_t_test_power(n, sd):
+    """At the MDE, a simulated paired t-test on synthetic per-seed data rejects 80% of the time."""
+    from torch_curriculum.experiments.metrics import mde_paired
+
+    rng = np.random.default_rng(n)
+    observed = rng.normal(0.0, 1.0, size=n)
+    observed = (observed - observed.mean()) / observed.std(ddof=1) * sd  # sample SD exactly sd
+    mde = mde_paired(observed, alpha=0.05, power=0.8)
+    sims = rng.normal(mde, sd, size=(40000, n))
+    p = stats.ttest_1samp(sims, 0.0, axis=1).pvalue
+    assert np.mean(p < 0.05) == pytest.approx(0.8, abs=0.01)
+    # half the effect has clearly less power; the MDE scales with the spread
+    p_half = stats.ttest_1samp(rng.normal(mde / 2, sd, size=(20000, n)), 0.0, axis=1).pvalue
+    assert np.mean(p_half < 0.05) < 0.5
+    assert mde_paired(observed * 2) == pytest.approx(2 * mde, rel=1e-6)
+    # the normal-approximation formula is a lower bound (the t distribution has heavier tails)
+    assert mde > (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * sd / math.sqrt(n)
+
+
+def test_mde_edge_cases():
+    from torch_curriculum.experiments.metrics import mde_paired
+
+    assert mde_paired([3.0, 3.0, 3.0]) == 0.0
+    assert math.isfinite(mde_paired([10.0, -40.0]))  # df = 1: scipy's nct tail is NaN there
+    with pytest.raises(ValueError, match="at least 2"):
+        mde_paired([1.0])
+    with pytest.raises(ValueError, match="alpha < power"):
+        mde_paired([1.0, 2.0], power=0.01)

@@ -1,10 +1,10 @@
-"""benchmarks/_results.py (results.json sections) and benchmarks/report.py (Markdown + plots)."""
+"""torch_curriculum.experiments.results (results.json sections) and .report (Markdown + plots)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,21 +13,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from torch_curriculum import metrics
+from torch_curriculum.experiments import metrics, report
+from torch_curriculum.experiments import results as _results
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import _results  # noqa: E402
-
-
-def _load_report():
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-report = _load_report()
 
 STRATEGIES = {"random": 40.0, "easy_to_hard": 30.0, "layer_wise_progressive": 20.0}
 SEEDS = (0, 1, 2)
@@ -265,7 +254,7 @@ def test_h1_correlations_match_scipy_and_best_is_max_abs_spearman(results_dir):
 def test_h3_ranks_every_strategy_with_verdicts(results_dir):
     _, doc = results_dir
     h3 = doc["h3"]
-    assert set(h3["rankings"]) == {"steps_to_target", "final_val_loss", "test_loss"}
+    assert set(h3["rankings"]) == {"steps_to_target", "val_auc", "final_val_loss", "test_loss"}
     steps = h3["rankings"]["steps_to_target"]
     assert steps["ranking"][0]["strategy"] == "layer_wise_progressive"
     assert steps["ranking"][-1]["strategy"] == "random"
@@ -465,15 +454,22 @@ def test_report_is_regenerated_identically_and_from_files_only(results_dir, tmp_
 
 def test_cli_regenerates_the_report(results_dir, tmp_path, capsys):
     root, _ = make_results_dir(tmp_path)
+    # the installed command (a results dir without config.json is re-rendered from results.json),
+    # and the old script path, which is a wrapper around it
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(root),
-                           "--no-plots"], capture_output=True, text=True, timeout=120)
+                           "--no-plots"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
     last = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert last["report"] == str(root / "report.md") and last["plots"] == []
+    assert last["report"] == str(root / "report.md")
     assert (root / "report.md").read_text().startswith("# Curriculum benchmark report: fixture")
-    # the error path in-process (a second interpreter start costs seconds)
-    assert report.main([str(tmp_path / "nowhere")]) == 2
-    assert "results.json does not exist" in capsys.readouterr().err
+    # the error paths in-process (a second interpreter start costs seconds)
+    from torch_curriculum.cli import main
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "neither config.json" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mutate,match", [

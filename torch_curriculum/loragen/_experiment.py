@@ -24,12 +24,79 @@ from ._data import LoRAGenCollator, LoRAGenDataset, build_examples
 from ._generator import LoRAGenerator
 from ._train import TrainResult, train_generator
 
-__all__ = ["LAYER_AWARE_STRATEGIES", "GeneratorData", "prepare_generator_data", "run_strategy"]
+__all__ = ["LAYER_AWARE_STRATEGIES", "LAYER_MODES", "FreezeOnlySampler", "GeneratorData", "prepare_generator_data",
+           "run_strategy"]
 
 logger = logging.getLogger(__name__)
 
 # Strategies whose sampler says which generator layers should train (``trainable_layers``).
 LAYER_AWARE_STRATEGIES = ("layer_wise_progressive", "layer_specific", "hybrid")
+
+#: how a run combines a strategy's data order with its layer freezing (controls that separate the two)
+LAYER_MODES = ("both", "freeze_only", "order_only")
+
+
+class FreezeOnlySampler:
+    """Random data order, with the layer schedule (``trainable_layers``) of another sampler.
+
+    The freeze-only control of a layer-aware strategy: batches come from ``order`` (a random-order
+    sampler), while ``schedule`` (e.g. a ``LayerWiseProgressiveSampler``) receives every
+    ``update(loss)`` and ``set_epoch`` so its stages advance exactly as in the real strategy, and
+    only its ``trainable_layers`` are used. Its own data stream is never drawn.
+
+    Args:
+        order: the sampler whose indices are yielded (``__iter__``, ``__len__``).
+        schedule: the sampler whose ``trainable_layers`` / ``stage`` / ``num_layers`` are exposed.
+
+    Example:
+        >>> import torch
+        >>> from torch_curriculum import CurriculumConfig
+        >>> from torch_curriculum.samplers import build_sampler
+        >>> lwp = CurriculumConfig.from_dict({"curriculum": {"strategy": "layer_wise_progressive"}})
+        >>> rnd = CurriculumConfig.from_dict({"curriculum": {"strategy": "random"}})
+        >>> d = torch.rand(12, 4)
+        >>> s = FreezeOnlySampler(build_sampler(rnd, d), build_sampler(lwp, d))
+        >>> sorted(iter(s)) == list(range(12)), s.trainable_layers == s.schedule.trainable_layers
+        (True, True)
+    """
+
+    def __init__(self, order: Any, schedule: Any):
+        self.order, self.schedule = order, schedule
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward the epoch to both samplers."""
+        for s in (self.order, self.schedule):
+            if callable(getattr(s, "set_epoch", None)):
+                s.set_epoch(epoch)
+
+    def update(self, loss: float) -> None:
+        """Forward the loss to both samplers (the schedule's stages advance with it)."""
+        for s in (self.order, self.schedule):
+            if callable(getattr(s, "update", None)):
+                s.update(loss)
+
+    @property
+    def trainable_layers(self) -> list[int] | None:
+        """The schedule's trainable generator layers."""
+        return self.schedule.trainable_layers
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The order sampler's state with the schedule's ``trainable_layers`` and ``stage``."""
+        st = dict(getattr(self.order, "state", {}) or {})
+        st.update(trainable_layers=self.schedule.trainable_layers, stage=getattr(self.schedule, "stage", None))
+        return st
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("order", "schedule"):
+            raise AttributeError(name)
+        return getattr(self.schedule, name)
 
 
 @dataclass
@@ -100,7 +167,9 @@ def run_strategy(strategy: str, *, edge_model: nn.Module, data: GeneratorData, d
                  seed: int = 0, generator_config: LoRAGenConfig | None = None,
                  log_path: str | Path | None = None, sampler_overrides: dict[str, Any] | None = None,
                  run_info: dict[str, Any] | None = None, progress: bool = False,
-                 on_trained: Callable[[LoRAGenerator, TrainResult], None] | None = None) -> TrainResult:
+                 on_trained: Callable[[LoRAGenerator, TrainResult], None] | None = None,
+                 layer_mode: str = "both", autocast_dtype: torch.dtype | None = None,
+                 on_init: Callable[[LoRAGenerator], None] | None = None) -> TrainResult:
     """Train a freshly initialised generator under one curriculum strategy.
 
     The generator is initialised from ``seed`` (identically for every strategy), the sampler comes
@@ -128,12 +197,22 @@ def run_strategy(strategy: str, *, edge_model: nn.Module, data: GeneratorData, d
         on_trained (Callable | None): ``f(generator, result)`` called after training, while the
             trained generator is still attached to the edge model (e.g. to score every training
             sample with it). Defaults to None.
+        layer_mode (str): for a layer-aware strategy, ``"both"`` (its order and its layer
+            freezing, the strategy itself), ``"freeze_only"`` (its layer schedule, random data order:
+            :class:`FreezeOnlySampler`) or ``"order_only"`` (its data order, every layer trainable).
+            Defaults to ``"both"``.
+        autocast_dtype (torch.dtype | None): run the training forward/backward under
+            ``torch.autocast`` with this dtype (``torch.bfloat16``); None trains in the model's
+            dtype. Defaults to None.
+        on_init (Callable | None): ``f(generator)`` called on the freshly initialised generator
+            before training (e.g. per-layer gradient norms at initialisation). Defaults to None.
 
     Returns:
         TrainResult
 
     Raises:
-        ValueError: unknown strategy, or a difficulty table whose length differs from ``data.train``.
+        ValueError: unknown strategy or layer_mode, a control layer_mode for a strategy without
+            layer freezing, or a difficulty table whose length differs from ``data.train``.
     """
     from ..config import CurriculumConfig, canonical_strategy
     from ..layer_mask import LayerMaskScheduler
@@ -148,21 +227,33 @@ def run_strategy(strategy: str, *, edge_model: nn.Module, data: GeneratorData, d
     cfg_dict["curriculum"]["strategy"] = strategy
     cfg_dict["training"]["seed"] = seed
     cfg = CurriculumConfig.from_dict(cfg_dict)
+    if layer_mode not in LAYER_MODES:
+        raise ValueError(f"layer_mode must be one of {', '.join(LAYER_MODES)}, got {layer_mode!r}")
+    if layer_mode != "both" and strategy not in LAYER_AWARE_STRATEGIES:
+        raise ValueError(f"layer_mode={layer_mode!r} separates order from layer freezing; strategy {strategy!r} "
+                         f"freezes no layers (layer-aware: {', '.join(LAYER_AWARE_STRATEGIES)})")
     sampler = build_sampler(cfg, difficulty, **(sampler_overrides or {}))
+    if layer_mode == "freeze_only":
+        rnd = cfg.to_dict()
+        rnd["curriculum"]["strategy"] = "random"
+        sampler = FreezeOnlySampler(build_sampler(CurriculumConfig.from_dict(rnd), difficulty), sampler)
 
     torch.manual_seed(seed)
     generator = LoRAGenerator(edge_model, data.cloud_hidden_size, generator_config)
     try:
+        if on_init is not None:
+            on_init(generator)
         pacing = LossFeeder(sampler)  # a plain loop: the feeder without the TrainerCallback face
-        sched = LayerMaskScheduler(generator, sampler) if strategy in LAYER_AWARE_STRATEGIES else None
-        info = {"strategy": strategy, "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
+        freezes = strategy in LAYER_AWARE_STRATEGIES and layer_mode != "order_only"
+        sched = LayerMaskScheduler(generator, sampler) if freezes else None
+        info = {"strategy": strategy, "layer_mode": layer_mode, "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
                 "curriculum": cfg.to_dict(), "generator": dataclasses.asdict(generator.config),
                 **(run_info or {})}
         result = train_generator(generator, data.train, sampler=sampler, collate_fn=data.collate,
                                  val_dataset=data.val, test_dataset=data.test, steps=steps,
                                  batch_size=batch_size, lr=lr, eval_every=eval_every, pacing_callback=pacing,
                                  layer_mask_scheduler=sched, log_path=log_path, seed=seed, progress=progress,
-                                 run_info=info)
+                                 run_info=info, autocast_dtype=autocast_dtype)
         if on_trained is not None:
             on_trained(generator, result)
         return result

@@ -1,10 +1,10 @@
 """``results.json`` of a benchmark preset: reading run logs, building the H1/H2/H3 sections, checking.
 
-The runner (``benchmarks/convergence.py``) only collects raw numbers: one run record per
+The runner (:mod:`torch_curriculum.experiments.runner`) only collects raw numbers: one run record per
 (strategy, seed) -- most easily :func:`run_record_from_log` on the run's JSONL log -- plus per-sample
 difficulty signals and targets for H1. :func:`build_results` turns them into the sections below,
-:func:`write_results` writes the file, and ``benchmarks/report.py`` renders it. The schema is
-documented in full in ``benchmarks/RESULTS_SCHEMA.md``; in short (``schema_version`` 1)::
+:func:`write_results` writes the file, and :mod:`torch_curriculum.experiments.report` renders it. The schema is
+documented in full in ``torch_curriculum/experiments/RESULTS_SCHEMA.md``; in short (``schema_version`` 1)::
 
     {
       "schema_version": 1,
@@ -48,7 +48,7 @@ Example (what a runner does once its runs are done)::
                         primary_target="train_loss_mean", provenance={"config": cfg, "seed": 0,
                         "data_fingerprint": data_fingerprint(data_file, diff_file)},
                         arrays=arrays, preset="cpu")
-    write_results(root, doc)   # then: python benchmarks/report.py benchmarks/results/cpu
+    write_results(root, doc)   # then: torch-curriculum report benchmarks/results/cpu --render-only
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from torch_curriculum import metrics
+from . import metrics
 
 __all__ = [
     "H2_METRICS",
@@ -87,7 +87,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 TARGET_RULES = ("baseline_final_per_seed", "baseline_final_mean", "baseline_final_max", "fixed")
-RANKING_METRICS = ("steps_to_target", "final_val_loss", "test_loss")
+RANKING_METRICS = ("steps_to_target", "val_auc", "final_val_loss", "test_loss")
 H2_METRICS = ("steps", "samples", "wall_time")
 _RUN_FIELDS = ("strategy", "seed", "val_steps", "val_losses")
 
@@ -340,6 +340,8 @@ def _summarise_run(rec: Mapping[str, Any], target: float, interpolate: bool,
         xs = rec.get(src)
         out[key] = fn(xs, losses, target, interpolate=interpolate) if xs is not None else None
     out["final_val_loss"] = float(rec["final_val_loss"])
+    # budget-free: mean validation loss over the run (trapezoid area / step span)
+    out["val_auc"] = (metrics.area_under_curve(steps, losses) if len(steps) >= 2 else None)
     out["test_loss"] = None if rec.get("test_loss") is None else float(rec["test_loss"])
     out["steps"] = float(steps[-1])
     out["samples_seen"] = float(rec["val_samples"][-1]) if rec.get("val_samples") else None
@@ -437,7 +439,8 @@ def _h1(signals: Mapping[str, Any], targets: Mapping[str, Any], primary: str | N
                       "resampled together)"}
 
 
-def _h2(runs: dict[str, dict[int, dict]], baseline: str, confidence: float) -> dict[str, Any]:
+def _h2(runs: dict[str, dict[int, dict]], baseline: str, confidence: float, alpha: float = 0.05,
+        power: float = 0.8) -> dict[str, Any]:
     base = runs[baseline]
     out: dict[str, Any] = {}
     for strategy, by_seed in runs.items():
@@ -466,6 +469,8 @@ def _h2(runs: dict[str, dict[int, dict]], baseline: str, confidence: float) -> d
             row[ci_key] = list(metrics.t_ci(pct, confidence)) if pct.size >= 2 else None
             if metric_name == "steps":
                 row["per_seed"] = pct.tolist()
+                row["mde_pct"] = (metrics.mde_paired(pct, alpha=alpha, power=power)
+                                  if pct.size >= 2 else None)
                 if pct.size >= 2:
                     test = metrics.paired_test(strat, rand)
                     row["p_value"] = test["p_value"]
@@ -474,7 +479,53 @@ def _h2(runs: dict[str, dict[int, dict]], baseline: str, confidence: float) -> d
                     row["p_value_pct"] = metrics.paired_test(pct, np.zeros_like(pct))["p_value"]
                 else:
                     row.update(p_value=None, test=None, wilcoxon_p=None, p_value_pct=None)
+        # budget-free: % lower area under the validation curve than the baseline, by seed
+        strat = [by_seed[s]["val_auc"] for s in seeds]
+        rand = [base[s]["val_auc"] for s in seeds]
+        if all(v is not None for v in strat + rand):
+            pct = np.atleast_1d(metrics.pct_fewer_steps(strat, rand))
+            row["pct_lower_auc_vs_random"] = float(pct.mean())
+            row["auc_per_seed"] = pct.tolist()
+            if pct.size >= 2:
+                row["auc_ci95"] = list(metrics.t_ci(pct, confidence))
+                row["auc_p_value"] = metrics.paired_test(strat, rand)["p_value"]
+                row["auc_mde_pct"] = metrics.mde_paired(pct, alpha=alpha, power=power)
+            else:
+                row.update(auc_ci95=None, auc_p_value=None, auc_mde_pct=None)
         out[strategy] = row
+    return out
+
+
+def _noise(signals: Mapping[str, Any], flags: Any, signal_info: Mapping[str, Mapping[str, str]] | None,
+           h2: Mapping[str, Any] | None, oracle: str, n_boot: int, confidence: float, alpha: float,
+           seed: int) -> dict[str, Any]:
+    """The positive control: each signal's AUROC at flagging the injected noise, and oracle vs baseline."""
+    y = np.asarray(flags, dtype=np.float64).ravel()
+    table = {}
+    for name, values in signals.items():
+        x = np.asarray(values, dtype=np.float64).ravel()
+        if x.size != y.size:
+            raise ResultsError(f"noise: signal {name!r} has {x.size} values, the noise flags {y.size}")
+        keep = np.isfinite(x)
+        if keep.sum() < 4 or len(set(y[keep].tolist())) < 2:
+            continue
+        r = metrics.auroc_ci(x[keep], y[keep], n_boot=n_boot, confidence=confidence, seed=seed)
+        info = (signal_info or {}).get(name, {})
+        table[name] = {**r, "n_dropped": int(y.size - keep.sum()), "kind": info.get("kind", ""),
+                       "description": info.get("description", "")}
+    out: dict[str, Any] = {"n": int(y.size), "n_noisy": int(y.sum()), "fraction": float(y.mean()),
+                           "auroc": dict(sorted(table.items(), key=lambda kv: -abs(kv[1]["auroc"] - 0.5))),
+                           "oracle": oracle, "calibrated": None, "oracle_vs_baseline": None}
+    row = (h2 or {}).get("strategies", {}).get(oracle) if h2 else None
+    if row is not None:
+        ci, p = row.get("ci95"), row.get("p_value")
+        ok = bool(ci is not None and p is not None and p < alpha and ci[0] > 0)
+        out["oracle_vs_baseline"] = {k: row.get(k) for k in (
+            "pct_fewer_steps_vs_random", "ci95", "p_value", "mde_pct", "n_pairs", "n_censored",
+            "pct_lower_auc_vs_random", "auc_ci95", "auc_p_value")}
+        out["calibrated"] = ok
+        out["rule"] = (f"calibrated when {oracle} needs fewer steps than the baseline with p < {alpha} and a "
+                       f"{int(confidence * 100)}% CI excluding 0")
     return out
 
 
@@ -488,7 +539,9 @@ def build_results(run_records: Sequence[Mapping[str, Any]], *,
                   provenance: Mapping[str, Any] | None = None,
                   arrays: Mapping[str, str] | None = None, preset: str = "",
                   n_boot: int = 1000, confidence: float = 0.95, alpha: float = 0.05,
-                  seed: int = 0, stabilisation_rel_tol: float = 0.05) -> dict[str, Any]:
+                  seed: int = 0, stabilisation_rel_tol: float = 0.05, power: float = 0.8,
+                  target_description: str | None = None, noise_flags: Any = None,
+                  oracle: str = "oracle", extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Turn raw per-run numbers and per-sample signals into the sections of ``results.json``.
 
     Target validation loss (``target_rule``): ``baseline_final_per_seed`` (default; seed s's
@@ -538,6 +591,15 @@ def build_results(run_records: Sequence[Mapping[str, Any]], *,
         alpha (float): significance level of the H3 flags. Default 0.05.
         seed (int): seed of every bootstrap. Default 0.
         stabilisation_rel_tol (float): ``rel_tol`` of the layer stabilisation rule. Default 0.05.
+        power (float): power of the minimum detectable effect (``mde_pct``) beside every H2
+            verdict (:func:`torch_curriculum.experiments.metrics.mde_paired`). Default 0.8.
+        target_description (str | None): how the target was chosen, for the report. Default None.
+        noise_flags (array | None): ``[N]`` 0/1 injected-noise flags of the training samples (the
+            positive control): adds the ``noise`` section (each signal's AUROC at flagging them,
+            and ``oracle`` vs the baseline). Default None.
+        oracle (str): the strategy that orders by the flag. Default ``"oracle"``.
+        extra (Mapping | None): more top-level sections, stored as given (e.g. ``h1_heldout``,
+            ``h1_layers``). Default None.
 
     Returns:
         dict: the results document (JSON-ready after :func:`jsonable`).
@@ -576,6 +638,7 @@ def build_results(run_records: Sequence[Mapping[str, Any]], *,
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "preset": preset, "provenance": prov,
         "target": {"rule": target_rule, "baseline": baseline, "interpolate": bool(interpolate),
+                   "description": target_description,
                    "per_seed": {str(k): v for k, v in per_seed_target.items()}},
         "runs": {s: {str(k): v for k, v in by_seed.items()} for s, by_seed in runs.items()},
     }
@@ -593,10 +656,18 @@ def build_results(run_records: Sequence[Mapping[str, Any]], *,
                          "censoring": "a run that never reached its target counts as reaching "
                                       "it at the next evaluation after its budget (last step + "
                                       "one evaluation interval), an optimistic bound",
-                         "strategies": _h2(runs, baseline, confidence)}
+                         "power": power, "alpha": alpha,
+                         "mde": f"mde_pct: the smallest true mean % speed-up a two-sided paired t-test "
+                                f"over these seeds detects with {power:.0%} power at alpha {alpha}, "
+                                "from the observed seed-to-seed SD of the per-seed %",
+                         "strategies": _h2(runs, baseline, confidence, alpha, power)}
     else:
         results["h2"] = None
     results["h3"] = _h3(runs, confidence, alpha, seed)
+    results["noise"] = (_noise(signals or {}, noise_flags, signal_info, results["h2"], oracle, n_boot,
+                               confidence, alpha, seed) if noise_flags is not None else None)
+    for key, value in (extra or {}).items():
+        results[key] = value
     results["per_layer"] = _per_layer(runs, stabilisation_rel_tol)
     results["arrays"] = dict(arrays or {})
     return jsonable(results)
