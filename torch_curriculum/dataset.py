@@ -420,10 +420,12 @@ class MetaTokenDifficultyDataset(Dataset):
 
     @property
     def num_layers(self) -> int:
+        """L, the number of compared (edge) layers."""
         return self._l
 
     @property
     def top_k(self) -> int:
+        """K of the ``top{K}_mean`` score, as recorded in the provenance."""
         return int(self._prov["top_k"])
 
     @property
@@ -443,6 +445,7 @@ class MetaTokenDifficultyDataset(Dataset):
 
     @property
     def percentile(self) -> torch.Tensor:
+        """``[N]`` percentile of the primary score, in (0, 1] (ties share a value)."""
         return self._get("percentile")
 
     @property

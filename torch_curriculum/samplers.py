@@ -624,15 +624,18 @@ class _CurriculumSampler(Sampler[int]):
 
     @property
     def active_layers(self) -> list[int] | None:
+        """Layers whose differences rank samples now (None: all layers)."""
         a = self._pace.active_layers
         return None if a is None else list(a)
 
     @property
     def current_layer(self) -> int | None:
+        """The layer (group start) walked in layer-specific phase 1; None otherwise."""
         return self._pace.current_layer
 
     @property
     def stage(self) -> int | None:
+        """Current 1-based stage (None for strategies without stages, or outside the curriculum)."""
         return self._pace.stage
 
     @property
@@ -642,6 +645,7 @@ class _CurriculumSampler(Sampler[int]):
 
     @property
     def pool_size(self) -> int:
+        """Number of samples eligible now."""
         return self._pool_size
 
     @property
@@ -931,8 +935,10 @@ class HybridSampler(_DynamicMixin, LayerWiseProgressiveSampler):
     stage's bound. Warm-up is stage 1 (its band, with updates).
 
     Args:
-        adaptive_threshold, adaptive_window, min_percentile, initial_percentile: as in
-            :class:`DynamicPacingSampler`.
+        adaptive_threshold (bool): as in :class:`DynamicPacingSampler`. Defaults to False.
+        adaptive_window (int): as in :class:`DynamicPacingSampler`. Defaults to 50.
+        min_percentile (float | None): as in :class:`DynamicPacingSampler`.
+        initial_percentile (float | None): as in :class:`DynamicPacingSampler`.
         active_score (str): as in :class:`LayerWiseProgressiveSampler`.
         **kwargs: the common parameters of every sampler.
     """
