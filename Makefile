@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup demo test lint bench docs serve-docs clean
+.PHONY: setup demo test lint bench docs serve-docs docs-screenshots clean
 
 setup: $(VENV)/.installed
 
@@ -47,6 +47,17 @@ docs: setup
 
 serve-docs: setup
 	$(DOCS_ENV) $(PY) -m mkdocs serve --strict
+
+# the committed screenshots of the built site (needs chromium: apt-get install -y chromium)
+CHROMIUM_FLAGS := --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --hide-scrollbars \
+	--disable-background-networking --disable-component-update --disable-sync
+
+docs-screenshots: docs
+	chromium $(CHROMIUM_FLAGS) --user-data-dir=$$(mktemp -d) --window-size=1280,900 \
+		--screenshot=$(CURDIR)/docs/assets/screenshots/start-page.png file://$(CURDIR)/site/index.html
+	chromium $(CHROMIUM_FLAGS) --user-data-dir=$$(mktemp -d) --window-size=1280,1600 \
+		--screenshot=$(CURDIR)/docs/assets/screenshots/api-reference-difficulty.png \
+		file://$(CURDIR)/site/reference/torch_curriculum.difficulty.html
 
 clean:
 	rm -rf $(VENV) build site *.egg-info .pytest_cache .ruff_cache

@@ -119,7 +119,8 @@ def _cli_page() -> str:
 
 
 def main() -> None:
-    pkg = griffe.load(PACKAGE, search_paths=[str(ROOT)], docstring_parser="google",
+    extensions = griffe.load_extensions(f"{ROOT / 'docs' / 'griffe_ext.py'}:MarkdownDocstrings")
+    pkg = griffe.load(PACKAGE, search_paths=[str(ROOT)], docstring_parser="google", extensions=extensions,
                       resolve_aliases=True, resolve_implicit=False, resolve_external=False)
     modules = [m for m in _walk(pkg) if m.path != PACKAGE and _is_public(m.path) and m.exports is not None]
     modules.sort(key=lambda m: (m.path.count("."), m.path))

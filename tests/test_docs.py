@@ -200,6 +200,18 @@ def test_failing_block_points_at_its_markdown_line(tmp_path):
     assert info.traceback[-1].lineno + 1 == 5 and str(info.traceback[-1].path) == str(page)
 
 
+def test_docstring_dialect_becomes_markdown():
+    """docs/griffe_ext.py: Sphinx roles become inline code, ``Example:`` the Google examples section."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("griffe_ext", ROOT / "docs" / "griffe_ext.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    text = "Like :class:`~torch_curriculum.samplers.HybridSampler` and :func:`.percentiles`.\n\n    Example:\n"
+    assert ext.markdown_docstring(text) == "Like `HybridSampler` and `percentiles`.\n\n    Examples:\n"
+    assert ext.markdown_docstring(":meth:`update` (``x``)") == "`update` (``x``)"
+
+
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\((?P<target>[^)\s]+)\)|!\[[^\]]*\]\((?P<img>[^)\s]+)\)")
 
 
