@@ -116,6 +116,15 @@ class MetaTokenSection:
     batch_size: int = 16
 
     def validate(self, prefix: str = "meta_token") -> None:
+        """Check every field of this section.
+
+        Args:
+            prefix (str): the key path used in error messages. Defaults to ``"meta_token"``.
+
+        Raises:
+            ConfigError: a field has a wrong type, an out-of-range value or conflicts with another;
+                the message and ``.key`` name it.
+        """
         _choice(f"{prefix}.distance_metric", self.distance_metric, METRICS)
         _choice(f"{prefix}.pooling", self.pooling, POOLINGS)
         _choice(f"{prefix}.alignment", self.alignment, ALIGNMENTS)
@@ -212,6 +221,15 @@ class CurriculumSection:
         return data
 
     def validate(self, prefix: str = "curriculum") -> None:
+        """Check every field of this section.
+
+        Args:
+            prefix (str): the key path used in error messages. Defaults to ``"curriculum"``.
+
+        Raises:
+            ConfigError: a field has a wrong type, an out-of-range value or conflicts with another;
+                the message and ``.key`` name it.
+        """
         try:
             self.strategy = canonical_strategy(self.strategy)
         except ValueError as e:
@@ -291,6 +309,15 @@ class TrainingSection:
     samples_per_epoch: int | None = None
 
     def validate(self, prefix: str = "training") -> None:
+        """Check every field of this section.
+
+        Args:
+            prefix (str): the key path used in error messages. Defaults to ``"training"``.
+
+        Raises:
+            ConfigError: a field has a wrong type, an out-of-range value or conflicts with another;
+                the message and ``.key`` name it.
+        """
         for name in ("curriculum_start_epoch", "curriculum_end_epoch", "warmup_epochs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{prefix}.{name}", f"must be >= 0, got {getattr(self, name)}")

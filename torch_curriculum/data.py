@@ -754,7 +754,11 @@ def format_prompts(samples: Iterable[DialogueSample], *, system_prompt: str = DE
 
     Args:
         samples (Iterable[DialogueSample]): the samples.
-        system_prompt, max_context_turns, tokenizer, use_chat_template, max_length: as in :func:`format_prompt`.
+        system_prompt (str): as in :func:`format_prompt`.
+        max_context_turns (int): as in :func:`format_prompt`. Defaults to 4.
+        tokenizer: as in :func:`format_prompt`.
+        use_chat_template (bool): as in :func:`format_prompt`. Defaults to False.
+        max_length (int | None): as in :func:`format_prompt`.
 
     Returns:
         list[Prompt]: in the order of ``samples``.
