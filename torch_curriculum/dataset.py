@@ -216,9 +216,10 @@ def _check_metadata(path: Path, header: Mapping[str, Any]) -> None:
         what = "has no recorded checksum" if key in others else "is recorded in the checksums but missing"
         raise DifficultyFileError(f"{path}: metadata field {key!r} {what} (corrupted or edited header)")
     for key in sorted(others):
-        if _digest(others[key].encode("utf-8")) == m_sums[key]:
-            continue
         fields = f_sums.get(key)
+        if _digest(others[key].encode("utf-8")) == m_sums[key] and (
+                not isinstance(fields, dict) or fields == _metadata_checksums({key: others[key]})["fields"].get(key)):
+            continue
         obj = _canonical_fields(others[key]) if isinstance(fields, dict) else None
         if obj is not None:
             for f in sorted(set(obj) | set(fields)):
@@ -227,6 +228,10 @@ def _check_metadata(path: Path, header: Mapping[str, Any]) -> None:
                                               f"(value {_json(obj.get(f))[:80]}); the file was edited or corrupted")
         raise DifficultyFileError(f"{path}: metadata field {key!r} does not match its checksum; the file was "
                                   "edited or corrupted")
+    expected = _metadata_checksums(others)
+    if expected["metadata"] != m_sums or expected["fields"] != f_sums or _json(sums) != meta[_CHECKSUMS]:
+        raise DifficultyFileError(f"{path}: the 'checksums' metadata entry is corrupted (it does not match the "
+                                  "metadata it describes)")
 
 
 def read_safetensors_header(path: str | Path) -> tuple[dict[str, Any], int]:
