@@ -117,6 +117,7 @@ def test_precompute_matches_independent_reference(tmp_path, pair, tok, texts, re
         torch.testing.assert_close(f.get_tensor("layer_diffs"), ds.layer_diffs)
         torch.testing.assert_close(f.get_tensor("alignment.anchors"), torch.from_numpy(anchors))
         assert f.get_tensor("alignment.cloud_centre").shape == (4, 48)
+    ds.verify()  # checksums, ids, and every score/percentile/stage recomputed from the stored diffs
     # the work dir is gone
     assert not reference_file.with_name(reference_file.name + ".work").exists()
 

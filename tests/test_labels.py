@@ -106,6 +106,7 @@ def test_header_checks_percentile_stage_and_sha(tmp_path):
     # a header that matches the edited bytes: the stage itself is now caught
     import hashlib
     hdr["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+    hdr["checksums"]["sha256"] = hashlib.sha256(json.dumps(hdr["sha256"]).encode()).hexdigest()  # forged too
     header_path(p).write_text(json.dumps(hdr))
     with pytest.raises(LabelFileError, match=r"sample 's0'.*curriculum_stage=.*falls in stage"):
         read_labels(p)

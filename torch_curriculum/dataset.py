@@ -38,7 +38,8 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,9 @@ _DT = {"F64": np.float64, "F32": np.float32, "I64": np.int64, "U8": np.uint8}
 _DT_NAME = {np.dtype(v): k for k, v in _DT.items()}
 _MAX_HEADER = 100 * 1024 * 1024
 _CHECKSUMS = "checksums"
+_CHUNK = 4 << 20
+# tensors: sha256 of the concatenated sha256s of 4 MiB chunks; metadata values and fields: plain sha256
+_ALGORITHM = "sha256-4MiB-chunks"
 
 
 class DifficultyFileError(ValueError):
@@ -126,7 +130,8 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, Any], metadata: Ma
     (temp file in the same folder + fsync + ``os.replace``).
 
     Integrity: the metadata entry ``checksums`` (reserved: a value passed under that key is
-    replaced) holds, as JSON, the sha256 of every tensor's data bytes (``tensors``), of every
+    replaced) holds, as JSON, a digest of every tensor's data bytes (``tensors``: sha256 over the
+    sha256s of its consecutive 4 MiB chunks, so large tensors hash on several threads), the sha256 of every
     other metadata value (``metadata``) and, for a value that is a canonical JSON object such as
     ``provenance``, of each of its top-level fields (``fields``), so an edit is reported by name.
     :func:`read_safetensors_header` checks the metadata and the tensor names; the tensor digests
@@ -152,8 +157,7 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, Any], metadata: Ma
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"safetensors metadata must map str -> str; {k!r} -> {type(v).__name__}")
     meta = {k: v for k, v in metadata.items() if k != _CHECKSUMS}
-    sums = {"algorithm": "sha256", "tensors": {k: _digest(memoryview(a).cast("B") if a.nbytes else b"")
-                                                for k, a in sorted(arrays.items())},
+    sums = {"algorithm": _ALGORITHM, "tensors": {k: _array_digest(a) for k, a in sorted(arrays.items())},
             **_metadata_checksums(meta)}
     meta[_CHECKSUMS] = _json(sums)
     header: dict[str, Any] = {"__metadata__": dict(sorted(meta.items()))}
@@ -191,7 +195,7 @@ def _check_metadata(path: Path, header: Mapping[str, Any]) -> None:
     try:
         sums = json.loads(meta[_CHECKSUMS])
         t_sums, m_sums, f_sums = sums["tensors"], sums["metadata"], sums["fields"]
-        if sums["algorithm"] != "sha256" or not all(isinstance(x, dict) for x in (t_sums, m_sums, f_sums)):
+        if sums["algorithm"] != _ALGORITHM or not all(isinstance(x, dict) for x in (t_sums, m_sums, f_sums)):
             raise ValueError
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise DifficultyFileError(f"{path}: corrupted header (the 'checksums' metadata entry is unreadable)") from None
@@ -204,9 +208,10 @@ def _check_metadata(path: Path, header: Mapping[str, Any]) -> None:
         what = "has no recorded checksum" if key in others else "is recorded in the checksums but missing"
         raise DifficultyFileError(f"{path}: metadata field {key!r} {what} (corrupted or edited header)")
     for key in sorted(others):
-        if _digest(others[key].encode("utf-8")) == m_sums[key]:
-            continue
         fields = f_sums.get(key)
+        if _digest(others[key].encode("utf-8")) == m_sums[key] and (
+                not isinstance(fields, dict) or fields == _metadata_checksums({key: others[key]})["fields"].get(key)):
+            continue
         obj = _canonical_fields(others[key]) if isinstance(fields, dict) else None
         if obj is not None:
             for f in sorted(set(obj) | set(fields)):
@@ -215,6 +220,10 @@ def _check_metadata(path: Path, header: Mapping[str, Any]) -> None:
                                               f"(value {_json(obj.get(f))[:80]}); the file was edited or corrupted")
         raise DifficultyFileError(f"{path}: metadata field {key!r} does not match its checksum; the file was "
                                   "edited or corrupted")
+    expected = _metadata_checksums(others)
+    if expected["metadata"] != m_sums or expected["fields"] != f_sums or _json(sums) != meta[_CHECKSUMS]:
+        raise DifficultyFileError(f"{path}: the 'checksums' metadata entry is corrupted (it does not match the "
+                                  "metadata it describes)")
 
 
 def read_safetensors_header(path: str | Path) -> tuple[dict[str, Any], int]:
@@ -286,22 +295,66 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, Any], int]:
     return header, 8 + n
 
 
+def _chunk_digests(n: int, read: Callable[[int, int, memoryview], memoryview]) -> str:
+    """The tensor digest: sha256 over the sha256s of consecutive 4 MiB chunks (``_CHUNK``), so large
+    tensors hash on several threads (hashlib and file reads release the GIL). ``read(lo, hi, buf)``
+    returns bytes lo..hi, possibly read into ``buf`` (a reusable anonymous mapping per thread, so
+    verification does not grow the heap)."""
+    import mmap
+    import threading
+
+    starts = list(range(0, n, _CHUNK)) or [0]
+    local = threading.local()
+    buffers: list[mmap.mmap] = []
+
+    def one(lo: int) -> bytes:
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = mmap.mmap(-1, _CHUNK)
+            buffers.append(buf)
+        return hashlib.sha256(read(lo, min(n, lo + _CHUNK), memoryview(buf))).digest()
+
+    try:
+        if len(starts) > 2:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1, len(starts))) as pool:
+                parts = list(pool.map(one, starts))
+        else:
+            parts = [one(lo) for lo in starts]
+    finally:
+        for buf in buffers:
+            buf.close()
+    return hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def _array_digest(a: np.ndarray) -> str:
+    view = memoryview(a).cast("B") if a.nbytes else memoryview(b"")
+    return _chunk_digests(a.nbytes, lambda lo, hi, _buf: view[lo:hi])
+
+
 def _verify_tensor(path: Path, header: Mapping[str, Any], data_start: int, name: str) -> None:
-    """Hash one tensor's bytes (read in chunks, not through the memory map) against its checksum."""
+    """Hash one tensor's bytes (read from the file with ``preadv``, not through the memory map, so
+    RSS does not grow) against its recorded checksum."""
     sums = json.loads((header.get("__metadata__") or {})[_CHECKSUMS])["tensors"]
     begin, end = (int(x) for x in header[name]["data_offsets"])
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(data_start + begin)
-        left = end - begin
-        while left > 0:
-            chunk = f.read(min(left, 1 << 23))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
-    if left or h.hexdigest() != sums.get(name):
-        raise DifficultyFileError(f"{path}: tensor {name!r} does not match its checksum (sha256 {h.hexdigest()[:16]}…, "
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        def read(lo: int, hi: int, buf: memoryview) -> memoryview:
+            view = buf[:hi - lo]
+            got = 0
+            while got < hi - lo:
+                k = os.preadv(fd, [view[got:]], data_start + begin + lo + got)
+                if k <= 0:
+                    raise DifficultyFileError(f"{path}: truncated while reading tensor {name!r}")
+                got += k
+            return view
+
+        digest = _chunk_digests(end - begin, read)
+    finally:
+        os.close(fd)
+    if digest != sums.get(name):
+        raise DifficultyFileError(f"{path}: tensor {name!r} does not match its checksum (digest {digest[:16]}…, "
                                   f"recorded {str(sums.get(name))[:16]}…); the file is corrupted")
 
 

@@ -13,7 +13,8 @@ the stage are computed from them, so a reader can check the file (and :func:`rea
 The label file itself stays pure seed schema (any JSON tool reads it); provenance (library version,
 K, tau, stage percentiles, primary score, models, metric, ... whatever the caller passes) goes into a
 sidecar header ``<file>.header.json`` that also records the label file's sha256, so a header can
-never silently describe another file. The header is written first (each file atomically), so no
+never silently describe another file, and a sha256 of each of its own fields (``checksums``), so
+an edited header field is named. The header is written first (each file atomically), so no
 kill point leaves a label file without its header; a label file that has none (written by another
 tool) is read with a logged warning that its percentiles and stages cannot be verified.
 JSONL records end at ``\n`` only; U+2028, U+2029 and U+0085 in ids are written escaped.
@@ -46,7 +47,9 @@ from .difficulty import (
 
 __all__ = ["LABEL_SCHEMA_VERSION", "LabelFileError", "header_path", "read_labels", "write_labels"]
 
-LABEL_SCHEMA_VERSION = 1
+LABEL_SCHEMA_VERSION = 2  # 2: the header carries per-field checksums
+_HEADER_FIELDS = ("schema", "schema_version", "library_version", "format", "num_samples", "num_layers", "top_k",
+                  "tau", "stage_percentiles", "primary_score", "sha256", "metadata")
 logger = logging.getLogger(__name__)
 _LAYER_KEY = re.compile(r"^layer_(\d+)$")
 _TOPK_KEY = re.compile(r"^top(\d+)_mean$")
@@ -183,6 +186,7 @@ def write_labels(
         "sha256": hashlib.sha256(data).hexdigest(),
         "metadata": metadata or {},
     }
+    header["checksums"] = {k: _field_digest(v) for k, v in header.items()}
     header_bytes = (json.dumps(header, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     # Header first: it records the sha256 of the label file about to be written, so whatever the kill
@@ -194,6 +198,33 @@ def write_labels(
     with atomic_write(path) as f:
         f.write(data)
     return path
+
+
+def _field_digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _check_header(hpath: Path, header: dict[str, Any]) -> None:
+    """The header's own integrity: known fields only, each matching its recorded checksum."""
+    unknown = sorted(set(header) - {*_HEADER_FIELDS, "checksums"})
+    if unknown:
+        raise LabelFileError(f"{hpath}: unknown header field(s) {unknown} (corrupted or edited header)")
+    sums = header.get("checksums")
+    if sums is None:
+        if header.get("schema_version", 1) == 1:  # written before headers carried checksums
+            logger.warning("%s: header from an older torch_curriculum, without checksums; its fields are "
+                           "not verified", hpath)
+            return
+        raise LabelFileError(f"{hpath}: header lacks its 'checksums' field (corrupted or edited header)")
+    if not isinstance(sums, dict) or set(sums) != set(header) - {"checksums"}:
+        missing = sorted((set(header) - {"checksums"}) ^ set(sums if isinstance(sums, dict) else {}))
+        raise LabelFileError(f"{hpath}: header field(s) {missing} do not match the recorded checksums "
+                             "(corrupted or edited header)")
+    for k in sorted(sums):
+        if _field_digest(header[k]) != sums[k]:
+            raise LabelFileError(f"{hpath}: header field {k!r} does not match its checksum (value "
+                                 f"{json.dumps(header[k])[:80]}); the header was edited or corrupted")
 
 
 def _decode(path: Path, raw: bytes) -> str:
@@ -305,6 +336,7 @@ def read_labels(path: str | Path, *, verify: bool = True) -> tuple[list[dict[str
             raise LabelFileError(f"{hpath}: header is not valid JSON ({e.msg})") from None
         if not isinstance(header, dict):
             raise LabelFileError(f"{hpath}: header must be a JSON object, got {type(header).__name__}")
+        _check_header(hpath, header)
         digest = hashlib.sha256(raw).hexdigest()
         if header.get("sha256") != digest:
             raise LabelFileError(f"{hpath}: header sha256 {header.get('sha256')} does not match {path} ({digest}); "

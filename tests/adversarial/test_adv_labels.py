@@ -82,6 +82,7 @@ def test_missing_last_layer_on_line_1_is_blamed_on_line_1(tmp_path, header):
         h = json.loads(header_path(p).read_text())
         import hashlib
         h["sha256"] = hashlib.sha256(data.encode()).hexdigest()
+        h["checksums"]["sha256"] = hashlib.sha256(json.dumps(h["sha256"]).encode()).hexdigest()
         header_path(p).write_text(json.dumps(h))
     with pytest.raises(LabelFileError, match=r"line 1 \(sample 's0'\): 'meta_token_diff' must hold "
                                              r"layer_0..layer_3 .*missing \['layer_3'\]"):
@@ -190,3 +191,19 @@ def test_sigkill_at_every_write_point_never_leaves_unvouched_labels(tmp_path, pr
     assert got[1], "records returned without a header"
     allowed = [results[2]] + ([results[1]] if previous else [])
     assert any(got[0] == r[0] and got[1]["metadata"] == r[1]["metadata"] for r in allowed)
+
+
+def test_edited_header_field_is_named(tmp_path):
+    p = write_labels(tmp_path / "l.jsonl", ["a", "b", "c"], torch.rand(3, 4, dtype=torch.float64),
+                     metadata={"cloud": "qwen", "top_k": 3})
+    text = header_path(p).read_text()
+    for old, new, field in [('"cloud": "qwen"', '"cloud": "llama"', "metadata"),
+                            ('"primary_score": "topk_mean"', '"primary_score": "mean"', "primary_score"),
+                            ('"checksums"', '"checksumz"', None)]:
+        assert old in text
+        header_path(p).write_text(text.replace(old, new))
+        match = f"header field '{field}' does not match its checksum" if field else r"unknown header field\(s\)"
+        with pytest.raises(LabelFileError, match=match):
+            read_labels(p)
+    header_path(p).write_text(text)
+    assert read_labels(p)[1]["metadata"] == {"cloud": "qwen", "top_k": 3}
