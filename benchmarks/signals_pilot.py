@@ -61,6 +61,17 @@ def _meta_distance(cloud: np.ndarray, edge: np.ndarray, anchors: torch.Tensor, m
     return out
 
 
+def _partial_spearman(x: np.ndarray, y: np.ndarray, control: np.ndarray) -> dict:
+    """Spearman partial correlation of x and y given control (ranks, linear residuals, Pearson)."""
+    from scipy import stats
+
+    rx, ry, rc = (stats.rankdata(v) for v in (x, y, control))
+    def resid(u):
+        return u - np.polyval(np.polyfit(rc, u, 1), rc)
+    r, p = stats.pearsonr(resid(rx), resid(ry))
+    return {"partial_spearman": float(r), "p": float(p)}
+
+
 def _corr(x: np.ndarray, y: np.ndarray) -> dict:
     ok = np.isfinite(x) & np.isfinite(y)
     try:
@@ -177,11 +188,15 @@ def main(argv: list[str] | None = None) -> int:
             ok = np.isfinite(y)
             rho = spearman_rows(np.ascontiguousarray(d[ok].T), np.broadcast_to(y[ok], (d.shape[1], ok.sum())))
             entry["per_layer"][tname] = [None if not np.isfinite(r) else round(float(r), 4) for r in rho]
+        # does the signal say more about the loss drop than the bare edge loss already does?
+        entry["top3_mean_vs_loss_drop_given_edge_loss"] = _partial_spearman(score, targets["loss_drop"],
+                                                                           targets["edge_loss_before"])
         entry["mean_per_layer"] = np.nanmean(d, axis=0).round(6).tolist()
         results["signals"][name] = entry
     # h1_samples.npz holds no ids: check the order by the response lengths it stores (edge tokens + EOS)
     lengths = np.array([len(etok(" " + s.response.strip(), add_special_tokens=False)["input_ids"]) + 1 for s in train])
     results["sanity"]["h1_order_check_response_length_match"] = float(np.mean(lengths == h1_lengths))
+    results["sanity"]["edge_loss_before_vs_loss_drop"] = _corr(targets["edge_loss_before"], targets["loss_drop"])
     results["sanity"]["edge_bpb_last_vs_edge_loss_before"] = _corr(edge_bpb_last, targets["edge_loss_before"])
     results["sanity"]["vocab_shared_mass_cloud_mean"] = float(np.nanmean(out["vocab_shared_mass_cloud"]))
     results["sanity"]["vocab_shared_mass_edge_mean"] = float(np.nanmean(out["vocab_shared_mass_edge"]))
@@ -220,20 +235,24 @@ def render(results: dict) -> str:
              f"{results['provenance']['models']['edge']} (edge). `*` = CI excludes 0.", "",
              "Targets: (a) `edge_loss_before` = bare edge response loss; (b) `loss_drop` = edge_loss_before - "
              "loss after the 40-step random-order generator runs (3 seeds).", "",
-             "| signal | top-3 mean vs (a) | top-3 mean vs (b) | last layer vs (a) | last layer vs (b) | "
-             "best layer vs (a) | best layer vs (b) |",
-             "|---|---|---|---|---|---|---|"]
+             "| signal | top-3 mean vs (a) | top-3 mean vs (b) | top-3 vs (b) given (a): partial rho (p) | "
+             "last layer vs (a) | last layer vs (b) | best layer vs (a) | best layer vs (b) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, e in results["signals"].items():
         best = []
         for t in ("edge_loss_before", "loss_drop"):
             rhos = [r if r is not None else 0.0 for r in e["per_layer"][t]]
             j = int(np.argmax(np.abs(rhos)))
             best.append(f"{rhos[j]:+.3f} (layer {j})")
+        pc = e["top3_mean_vs_loss_drop_given_edge_loss"]
         lines.append(f"| {name} | {_fmt(e['top3_mean']['edge_loss_before'])} | {_fmt(e['top3_mean']['loss_drop'])} "
+                     f"| {pc['partial_spearman']:+.3f} ({pc['p']:.3f}) "
                      f"| {_fmt(e['last_layer']['edge_loss_before'])} | {_fmt(e['last_layer']['loss_drop'])} "
                      f"| {best[0]} | {best[1]} |")
     s = results["sanity"]
     lines += ["", "Best-layer rho is the largest |rho| of 30 layers: a selected maximum, not a finding by itself.", "",
+              f"The bare edge loss (a) itself vs the loss drop (b): {_fmt(s['edge_loss_before_vs_loss_drop'])}; the "
+              "partial column asks whether a signal says more about (b) than (a) already does.", "",
               f"Sanity: edge bpb at the last layer vs (a): {_fmt(s['edge_bpb_last_vs_edge_loss_before'])} (the same "
               "loss in bits/byte under the meta-token prompt layout). Shared vocabulary: "
               f"{s['shared_vocabulary_size']} token texts, holding on average {s['vocab_shared_mass_cloud_mean']:.2f} "
