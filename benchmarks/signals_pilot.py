@@ -39,11 +39,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent))
 
 from torch_curriculum import crossmodel  # noqa: E402
-from torch_curriculum.alignment import align_layer, select_anchors  # noqa: E402
+from torch_curriculum.alignment import align_layer, default_layer_map, select_anchors  # noqa: E402
 from torch_curriculum.crossmodel import KnnReference, knn_agreement  # noqa: E402
 from torch_curriculum.data import format_prompts  # noqa: E402
 from torch_curriculum.difficulty import aggregate, layer_distances, normalize_layers  # noqa: E402
-from torch_curriculum.metrics import rank_correlation  # noqa: E402
+from torch_curriculum.metrics import rank_correlation, spearman_rows  # noqa: E402
 
 N_BOOT = 1000
 
@@ -59,6 +59,17 @@ def _meta_distance(cloud: np.ndarray, edge: np.ndarray, anchors: torch.Tensor, m
         c, e, _ = align_layer(torch.as_tensor(cloud[:, j]), torch.as_tensor(edge[:, j]), "relative", anchors=anchors)
         out[:, j] = layer_distances(c[:, None], e[:, None], metric)[:, 0].numpy()
     return out
+
+
+def _partial_spearman(x: np.ndarray, y: np.ndarray, control: np.ndarray) -> dict:
+    """Spearman partial correlation of x and y given control (ranks, linear residuals, Pearson)."""
+    from scipy import stats
+
+    rx, ry, rc = (stats.rankdata(v) for v in (x, y, control))
+    def resid(u):
+        return u - np.polyval(np.polyfit(rc, u, 1), rc)
+    r, p = stats.pearsonr(resid(rx), resid(ry))
+    return {"partial_spearman": float(r), "p": float(p)}
 
 
 def _corr(x: np.ndarray, y: np.ndarray) -> dict:
@@ -98,28 +109,45 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [(p, s.response) for p, s in zip(prompts, train)]
     ids = [s.sample_id for s in train]
 
-    t0 = time.perf_counter()
-    cloud, ctok = load_bundled("cloud")
-    edge, etok = load_bundled("edge")
-    t_load = time.perf_counter() - t0
-    sig = crossmodel.CrossModelSignals(cloud, ctok, edge, etok, pooling="mean", max_length=512, truncation="left",
-                                       batch_size=args.batch_size, knn_k=10)
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     raw_path = outdir / "raw_signals.npz"      # the expensive part, kept so the analysis can be re-run
     if args.reuse and raw_path.is_file():
+        # analysis only: no model is loaded (the tokenizer of the edge model is read for the order check)
+        from transformers import AutoTokenizer
+
         with np.load(raw_path) as z:
-            out = {k: z[k] for k in z.files if k not in ("sample_ids", "timings", "t_signals")}
+            out = {k: z[k] for k in z.files if k not in ("sample_ids", "timings", "t_signals", "meta")}
             timings = json.loads(str(z["timings"]))
             t_signals = float(z["t_signals"])
-            assert list(z["sample_ids"]) == ids, "raw_signals.npz holds other samples"
+            meta = json.loads(str(z["meta"])) if "meta" in z.files else None
+            if list(z["sample_ids"]) != ids:
+                raise SystemExit(f"{raw_path} holds other samples; run without --reuse")
+        from torch_curriculum.bundled import _cached_gguf_folder, qwen_gguf, smollm2_gguf
+
+        etok = AutoTokenizer.from_pretrained(_cached_gguf_folder(smollm2_gguf(), None))
+        ctok = AutoTokenizer.from_pretrained(_cached_gguf_folder(qwen_gguf(), None))
+        t_load = float("nan")
+        if meta is None:    # the first run saved no settings: they are the ones below, by construction
+            meta = {"settings": {"pooling": "mean", "layer_map": default_layer_map(30, 24), "turn_prefix": None,
+                                 "max_length": 512, "truncation": "left", "vocab_chunk": 16384, "knn_k": 10,
+                                 "batch_size": args.batch_size},
+                    "shared_vocabulary_size": len(crossmodel.SharedVocabulary.build(ctok, etok).texts)}
     else:
+        t0 = time.perf_counter()
+        cloud, ctok = load_bundled("cloud")
+        edge, etok = load_bundled("edge")
+        t_load = time.perf_counter() - t0
+        sig = crossmodel.CrossModelSignals(cloud, ctok, edge, etok, pooling="mean", max_length=512,
+                                           truncation="left", batch_size=args.batch_size, knn_k=10)
         t0 = time.perf_counter()
         out = sig.compute(pairs, ["logit_lens_gap", "vocab_kl", "uld", "response"])
         t_signals = time.perf_counter() - t0
         timings = dict(sig.last_timings)
+        meta = {"settings": {**sig.describe(), "batch_size": args.batch_size},
+                "shared_vocabulary_size": len(sig.shared_vocabulary.texts)}
         np.savez(raw_path, sample_ids=np.array(ids), timings=np.array(json.dumps(timings)),
-                 t_signals=np.array(t_signals), **out)
+                 t_signals=np.array(t_signals), meta=np.array(json.dumps(meta)), **out)
 
     # sanity: the last layer's edge bpb is the bare edge response loss in another unit and layout
     edge_bpb_last = out["edge_bpb"][:, -1]
@@ -156,22 +184,29 @@ def main(argv: list[str] | None = None) -> int:
         for tname, y in targets.items():
             entry["top3_mean"][tname] = _corr(score, y)
             entry["last_layer"][tname] = _corr(d[:, -1], y)
-            entry["per_layer"][tname] = [_corr(d[:, j], y)["spearman"] for j in range(d.shape[1])]
+            # per layer: the point estimate only (30 bootstraps per signal and target would be noise-mining)
+            ok = np.isfinite(y)
+            rho = spearman_rows(np.ascontiguousarray(d[ok].T), np.broadcast_to(y[ok], (d.shape[1], ok.sum())))
+            entry["per_layer"][tname] = [None if not np.isfinite(r) else round(float(r), 4) for r in rho]
+        # does the signal say more about the loss drop than the bare edge loss already does?
+        entry["top3_mean_vs_loss_drop_given_edge_loss"] = _partial_spearman(score, targets["loss_drop"],
+                                                                           targets["edge_loss_before"])
         entry["mean_per_layer"] = np.nanmean(d, axis=0).round(6).tolist()
         results["signals"][name] = entry
     # h1_samples.npz holds no ids: check the order by the response lengths it stores (edge tokens + EOS)
     lengths = np.array([len(etok(" " + s.response.strip(), add_special_tokens=False)["input_ids"]) + 1 for s in train])
     results["sanity"]["h1_order_check_response_length_match"] = float(np.mean(lengths == h1_lengths))
+    results["sanity"]["edge_loss_before_vs_loss_drop"] = _corr(targets["edge_loss_before"], targets["loss_drop"])
     results["sanity"]["edge_bpb_last_vs_edge_loss_before"] = _corr(edge_bpb_last, targets["edge_loss_before"])
     results["sanity"]["vocab_shared_mass_cloud_mean"] = float(np.nanmean(out["vocab_shared_mass_cloud"]))
     results["sanity"]["vocab_shared_mass_edge_mean"] = float(np.nanmean(out["vocab_shared_mass_edge"]))
-    results["sanity"]["shared_vocabulary_size"] = len(sig.shared_vocabulary.texts)
+    results["sanity"]["shared_vocabulary_size"] = meta["shared_vocabulary_size"]
     results["provenance"] = {
         "models": {"cloud": "bundled Qwen2.5-Coder-0.5B-Instruct (float32)", "edge": "bundled SmolLM2-135M-Instruct"},
         "data": f"{desc}; cpu preset train split, {n} samples (benchmarks/configs/cpu.yaml)",
         "prompt": f"format_prompts(max_context_turns={mt['max_context_turns']}) + '\\nYou:' + ' ' + response",
         "targets": "benchmarks/results/cpu/arrays/h1_samples.npz (edge_loss_before, loss_after_training)",
-        "settings": sig.describe(), "n_boot": N_BOOT, "aggregate": "top3_mean of rank-normalised layers",
+        "settings": meta["settings"], "n_boot": N_BOOT, "aggregate": "top3_mean of rank-normalised layers",
         "seconds": {"load": round(t_load, 1), "signals": round(t_signals, 1),
                     **{k: round(v, 1) for k, v in timings.items()}},
         "torch_threads": torch.get_num_threads(),
@@ -200,20 +235,24 @@ def render(results: dict) -> str:
              f"{results['provenance']['models']['edge']} (edge). `*` = CI excludes 0.", "",
              "Targets: (a) `edge_loss_before` = bare edge response loss; (b) `loss_drop` = edge_loss_before - "
              "loss after the 40-step random-order generator runs (3 seeds).", "",
-             "| signal | top-3 mean vs (a) | top-3 mean vs (b) | last layer vs (a) | last layer vs (b) | "
-             "best layer vs (a) | best layer vs (b) |",
-             "|---|---|---|---|---|---|---|"]
+             "| signal | top-3 mean vs (a) | top-3 mean vs (b) | top-3 vs (b) given (a): partial rho (p) | "
+             "last layer vs (a) | last layer vs (b) | best layer vs (a) | best layer vs (b) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, e in results["signals"].items():
         best = []
         for t in ("edge_loss_before", "loss_drop"):
             rhos = [r if r is not None else 0.0 for r in e["per_layer"][t]]
             j = int(np.argmax(np.abs(rhos)))
             best.append(f"{rhos[j]:+.3f} (layer {j})")
+        pc = e["top3_mean_vs_loss_drop_given_edge_loss"]
         lines.append(f"| {name} | {_fmt(e['top3_mean']['edge_loss_before'])} | {_fmt(e['top3_mean']['loss_drop'])} "
+                     f"| {pc['partial_spearman']:+.3f} ({pc['p']:.3f}) "
                      f"| {_fmt(e['last_layer']['edge_loss_before'])} | {_fmt(e['last_layer']['loss_drop'])} "
                      f"| {best[0]} | {best[1]} |")
     s = results["sanity"]
     lines += ["", "Best-layer rho is the largest |rho| of 30 layers: a selected maximum, not a finding by itself.", "",
+              f"The bare edge loss (a) itself vs the loss drop (b): {_fmt(s['edge_loss_before_vs_loss_drop'])}; the "
+              "partial column asks whether a signal says more about (b) than (a) already does.", "",
               f"Sanity: edge bpb at the last layer vs (a): {_fmt(s['edge_bpb_last_vs_edge_loss_before'])} (the same "
               "loss in bits/byte under the meta-token prompt layout). Shared vocabulary: "
               f"{s['shared_vocabulary_size']} token texts, holding on average {s['vocab_shared_mass_cloud_mean']:.2f} "
