@@ -86,7 +86,11 @@ def load_hf_dataset(path: str | Path, *, split: str | None = None) -> Any:
         if kind is None:
             raise DialogueFormatError(p, None, f"unknown Hugging Face data file type {suffix!r}; expected a "
                                       "save_to_disk folder, .parquet, .jsonl or .json")
-        from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+        from datasets.utils import (
+            are_progress_bars_disabled,
+            disable_progress_bars,
+            enable_progress_bars,
+        )
 
         quiet = are_progress_bars_disabled()
         disable_progress_bars()  # a "Generating train split" bar is noise for a local file
