@@ -7,7 +7,7 @@ The pipeline has three passes, and memory and work-dir size grow with the shard,
    and for ``ridge`` alignment or the ``mahalanobis`` metric ``calibration_size`` samples
    (default 1024) from which the ridge maps and per-layer covariances are fitted. Both models' pooled
    vectors of these samples (mapped cloud layers only) go to ``calibration.safetensors`` in the work
-   dir; every rank loads it.
+   dir; every rank loads it. These samples are not run again in their shards.
 2. **Shards** (every rank, shards ``i`` with ``i % world == rank``): both models run over
    ``shard_size`` samples; :func:`meta_token_signals` turns one batch of model outputs into named
    per-sample, per-layer arrays ``[n, L]`` using the calibration only, and the shard file holds just
@@ -684,12 +684,11 @@ def precompute(
     try:
         for i in todo:
             lo, hi = i * shard_size, min(n, (i + 1) * shard_size)
-            chunk = samples[lo:hi]
             # each model's pass is half of a sample's work, so the bar (and its samples/s)
             # moves during the cloud pass too; whole samples only, the shard ends exact
             half = _half_progress(bar) if bar is not None else None
-            c_vec, e_vec = _extract_pair(chunk, range(lo, hi), cloud_ex, edge_ex, mt, dialogue, use_chat_template, ids,
-                                         layer_map, progress=half)
+            c_vec, e_vec = _shard_vectors(samples, lo, hi, calib, cloud_ex, edge_ex, mt, dialogue, use_chat_template,
+                                          ids, layer_map, progress=half)
             signals = meta_token_signals(c_vec, e_vec, torch.arange(lo, hi), calib)
             del c_vec, e_vec
             utf8, offsets = _encode_ids(ids[lo:hi])
@@ -768,6 +767,33 @@ def _extract_pair(chunk: Sequence[Any], rows: Sequence[int], cloud_ex: Any, edge
     c, e = out
     if layer_map is not None:
         c = c[:, list(layer_map)]
+    return c, e
+
+
+def _shard_vectors(samples: Sequence[Any], lo: int, hi: int, calib: Calibration, cloud_ex: Any, edge_ex: Any,
+                   mt: Any, dialogue: bool, use_chat_template: bool, ids: Sequence[str], layer_map: Sequence[int],
+                   progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vectors of samples ``lo..hi-1``: calibration samples' from the calibration pass (they are not run
+    twice), the others from both models."""
+    need = [g for g in range(lo, hi) if g not in calib._row]
+    c = torch.empty(hi - lo, calib.num_layers, calib.cloud.shape[2], dtype=torch.float32)
+    e = torch.empty(hi - lo, calib.num_layers, calib.edge.shape[2], dtype=torch.float32)
+    have = [g for g in range(lo, hi) if g in calib._row]
+    if have:
+        rows = calib._rows(torch.tensor(have))
+        local = torch.tensor(have) - lo
+        c[local], e[local] = calib.cloud[rows], calib.edge[rows]
+        if progress is not None:
+            progress(2 * len(have))
+    if need:
+        cn, en = _extract_pair([samples[g] for g in need], need, cloud_ex, edge_ex, mt, dialogue, use_chat_template,
+                               ids, layer_map, progress=progress)
+        if cn.shape[1:] != c.shape[1:] or en.shape[1:] != e.shape[1:]:
+            raise ValueError(f"samples {lo}..{hi - 1}: the models returned [{cn.shape[1]}, {cn.shape[2]}] (cloud) and "
+                             f"[{en.shape[1]}, {en.shape[2]}] (edge) per sample, the calibration pass "
+                             f"[{c.shape[1]}, {c.shape[2]}] and [{e.shape[1]}, {e.shape[2]}]")
+        local = torch.tensor(need) - lo
+        c[local], e[local] = cn, en
     return c, e
 
 
