@@ -25,8 +25,9 @@ def test_scale_benchmark_tiny_reports_bounded_memory_and_small_work_dir():
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(res) >= {"rss_ratio_16k_over_4k", "workdir_bytes_per_sample", "peak_rss_mb"}
-    # the shards hold [n, L] float64 + ids, not [L, d] vectors (those would be ~(6*64 + 4*32) * 4 = 2 KB)
-    assert res["shard_bytes_per_sample"] < 8 * 4 + 128  # + id, offset and a share of the header
+    # the shards hold three [n, L] float64 distances, the [n, L, K=16] float32 deltas and ids, not the
+    # [L, d] vectors of both models (those would be (6*64 + 4*32) * 4 = 2048 bytes a sample)
+    assert res["shard_bytes_per_sample"] < 3 * 4 * 8 + 4 * 16 * 4 + 128  # + id, offset, share of the header
     assert res["rss_ratio_16k_over_4k"] < 1.25 and res["pass"] is True
 
 
