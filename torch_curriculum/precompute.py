@@ -514,6 +514,8 @@ def _plan(n: int, cfg: CurriculumConfig, calibration_size: int, anchors: Sequenc
     if n < _FEW_SAMPLES:
         warnings.warn(f"precompute over N={n} < {_FEW_SAMPLES} samples: percentiles and stages are coarse and the "
                       "alignment rests on few samples", UserWarning, stacklevel=3)
+    if anchors is not None and mt.alignment != "relative":
+        raise ValueError(f"anchors= only applies to alignment='relative', not {mt.alignment!r}")
     if mt.alignment == "relative":
         if anchors is not None:
             a = torch.as_tensor(list(anchors), dtype=torch.long).unique()
