@@ -75,6 +75,7 @@ import json
 import logging
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,7 @@ MIN_SAMPLES = 4
 _FEW_SAMPLES = 30
 #: models up to this many bytes of weights are hashed in full; larger ones by a sampled digest
 _FULL_HASH_BYTES = 4 * 1024**3
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -158,6 +160,13 @@ def _weights_digest(model: Any) -> str:
     4 GiB of weights (a few seconds); above that a sampled digest (names, shapes, dtypes and 512
     values per tensor), marked ``sampled-sha256:`` because a change elsewhere in a tensor is not seen."""
     state = sorted(model.state_dict().items())
+    # unchanged tensors (same storage, same in-place version counter) keep their digest: a second
+    # precompute with the same model objects does not hash gigabytes again
+    key = tuple((n, p.data_ptr(), p._version, tuple(p.shape), str(p.dtype)) for n, p in state)
+    with contextlib.suppress(TypeError):
+        cached = _DIGESTS.get(model)
+        if cached is not None and cached[0] == key:
+            return cached[1]
     total = sum(p.numel() * p.element_size() for _, p in state)
     full = total <= _FULL_HASH_BYTES
     h = hashlib.sha256()
@@ -168,7 +177,10 @@ def _weights_digest(model: Any) -> str:
             flat = torch.cat([flat[:256], flat[:: max(1, flat.numel() // 256)][:256]])
         flat = flat.cpu().contiguous()
         h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    return ("sha256:" if full else "sampled-sha256:") + h.hexdigest()
+    digest = ("sha256:" if full else "sampled-sha256:") + h.hexdigest()
+    with contextlib.suppress(TypeError):  # a model that cannot be weakly referenced is simply not cached
+        _DIGESTS[model] = (key, digest)
+    return digest
 
 
 def _model_info(model: Any, tokenizer: Any) -> dict[str, Any]:
