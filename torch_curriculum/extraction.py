@@ -45,11 +45,59 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["POOLINGS", "MetaTokenExtractor", "TokenizedPrompt", "find_decoder", "prompt_parts"]
+__all__ = ["DTYPES", "POOLINGS", "MetaTokenExtractor", "TokenizedPrompt", "cpu_has_bf16", "find_decoder",
+           "prompt_parts", "resolve_dtype"]
 
 logger = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "last", "meta")
+DTYPES = ("auto", "fp32", "bf16")
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bf16 matrix units (AVX512-BF16 or AMX-BF16), read from ``/proc/cpuinfo``.
+
+    Args:
+        cpuinfo (str | None): the text of ``/proc/cpuinfo``; None reads it (False where it does not exist).
+
+    Returns:
+        bool: True when the ``avx512_bf16`` or ``amx_bf16`` flag is present and oneDNN is available.
+
+    Example:
+        >>> cpu_has_bf16("flags : fpu avx512f avx512_bf16")
+        True
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = set(cpuinfo.split())
+    return bool({"avx512_bf16", "amx_bf16"} & flags) and torch.backends.mkldnn.is_available()
+
+
+def resolve_dtype(name: str, device: str | torch.device = "cpu", *, cpuinfo: str | None = None) -> torch.dtype:
+    """The compute dtype for ``--dtype``: ``fp32``, ``bf16``, or ``auto`` (bf16 on CUDA and on CPUs with
+    bf16 matrix units, see :func:`cpu_has_bf16`; fp32 elsewhere).
+
+    Raises:
+        ValueError: an unknown name.
+
+    Example:
+        >>> resolve_dtype("auto", "cpu", cpuinfo="flags : fpu sse2")
+        torch.float32
+    """
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    if name == "fp32":
+        return torch.float32
+    if name == "bf16":
+        return torch.bfloat16
+    dev = torch.device(device)
+    if dev.type == "cuda" or (dev.type == "cpu" and cpu_has_bf16(cpuinfo)):
+        return torch.bfloat16
+    return torch.float32
 
 
 def find_decoder(model: nn.Module) -> nn.Module:
@@ -127,8 +175,9 @@ class MetaTokenExtractor:
             (drop the oldest non-system tokens; logged and listed in ``last_truncated``).
         device (str | torch.device | None): where the inputs go; the model must already be there
             (it is not moved). None = the device of the model's parameters.
-        dtype (torch.dtype | None): autocast dtype on CUDA (None = bfloat16); ignored on CPU, where
-            the model runs in its own dtype.
+        dtype (torch.dtype | None): compute (autocast) dtype: ``torch.bfloat16`` autocasts on any device
+            (on CPUs with bf16 matrix units that is ~1.7x faster, see :func:`resolve_dtype`),
+            ``torch.float32`` runs the model as it is; None = bfloat16 on CUDA, the model's own dtype on CPU.
         padding_side (str | None): ``"left"`` / ``"right"``; None = the tokenizer's (or right).
 
     Raises:
@@ -206,10 +255,16 @@ class MetaTokenExtractor:
             f"callable:{getattr(self.pooling, '__module__', '?')}.{getattr(self.pooling, '__qualname__', '?')}"
         out = {"pooling": pooling, "num_model_layers": self.num_model_layers, "hidden_size": self.hidden_size,
                "max_length": self.max_length, "truncation": self.truncation, "batch_size": self.batch_size,
-               "layer_output": "raw decoder block output (before the final norm)"}
+               "layer_output": "raw decoder block output (before the final norm)",
+               "compute_dtype": self._compute_dtype_name()}
         if self.meta_embeddings is not None:
             out["num_meta_tokens"] = int(self.meta_embeddings.shape[0])
         return out
+
+    def _compute_dtype_name(self) -> str:
+        if self.dtype == torch.float32 or (self.dtype is None and self.device.type != "cuda"):
+            return str(next(self.decoder.parameters()).dtype).replace("torch.", "")
+        return str(self.dtype or torch.bfloat16).replace("torch.", "")
 
     # ----------------------------------------------------------------------------- tokenization
     def tokenize(self, prompts: Sequence[Any]) -> list[TokenizedPrompt]:
@@ -303,8 +358,12 @@ class MetaTokenExtractor:
 
     # ----------------------------------------------------------------------------- forward
     def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=self.dtype or torch.bfloat16)
+        if self.dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.dtype)
         return contextlib.nullcontext()
 
     def forward_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -7,14 +7,18 @@ The pipeline has three passes, and memory and work-dir size grow with the shard,
    and for ``ridge`` alignment or the ``mahalanobis`` metric ``calibration_size`` samples
    (default 1024) from which the ridge maps and per-layer covariances are fitted. Both models' pooled
    vectors of these samples (mapped cloud layers only) go to ``calibration.safetensors`` in the work
-   dir; every rank loads it.
+   dir; every rank loads it. These samples are not run again in their shards.
 2. **Shards** (every rank, shards ``i`` with ``i % world == rank``): both models run over
    ``shard_size`` samples; :func:`meta_token_signals` turns one batch of model outputs into named
    per-sample, per-layer arrays ``[n, L]`` using the calibration only, and the shard file holds just
-   those arrays (a few hundred bytes a sample, not the ``[L, d]`` vectors).
-3. **Merge** (rank 0): :func:`merge_signal` streams one named signal out of every shard into the
-   ``[N, L]`` raw distances; then ``normalize_layers``, every aggregate, percentiles and stages
-   (:func:`torch_curriculum.dataset._finalise`).
+   those arrays, not the ``[L, d]`` vectors: the ``l2``, ``cosine`` and ``kl`` distances (all three,
+   so runs that differ only in the metric share one work dir and one extraction), and under
+   ``relative`` alignment the ``[n, L, K]`` anchor-coordinate deltas (float32, 4 K bytes per layer
+   and sample) from which the merge computes Mahalanobis distances.
+3. **Merge** (rank 0): :func:`merge_signal` streams the named signal of the configured metric out of
+   every shard into the ``[N, L]`` raw distances (Mahalanobis under ``relative``: two streaming passes
+   over the deltas, see :func:`_merge_relative_mahalanobis`); then ``normalize_layers``, every
+   aggregate, percentiles and stages (:func:`torch_curriculum.dataset._finalise`).
 
 **Nothing scores itself.** A sample's distance never depends on whether it was drawn into the
 calibration set:
@@ -26,8 +30,10 @@ calibration set:
   of a sample does not depend on the calibration draw); a sample of fold f is scored with the map and
   standardisation fitted on the calibration samples of the *other* folds, and with a covariance of
   out-of-fold residuals of calibration samples outside fold f (nested cross-fitting for ridge).
-  Mahalanobis under ``relative`` uses covariances of non-anchor calibration samples of other folds,
-  in the same K (or K-1) coordinates.
+  Mahalanobis under ``relative`` uses covariances of the deltas of non-anchor calibration samples of
+  the other folds; for an anchor, fitted on the same K-1 coordinates it is described by (those
+  samples' coordinates keep the K-anchor centre, a shift of order 1/K from the K-1-anchor one: the
+  one place where being drawn can move a distance, slightly).
 
 Resume and distribution: every file in the work dir is written atomically (temp file +
 ``os.replace``); a killed run, restarted with the same inputs, reuses the calibration and the
@@ -43,8 +49,11 @@ Shard schema (``shard_{i:06d}.safetensors``, metadata ``format`` = ``torch_curri
 =============================  ==========  ===============================================
 tensor                         dtype       meaning
 =============================  ==========  ===============================================
-``signals.<name>``             F64 [n, L]  one named per-sample, per-edge-layer signal;
-                                           ``meta_token_distance`` is the design's distance
+``signals.<name>``             F64 [n, L]  one named per-sample, per-edge-layer signal:
+                                           ``meta_token_distance.{l2,cosine,kl}`` (and
+                                           ``.mahalanobis`` outside ``relative``)
+``signals.meta_token_delta``   F32         ``relative`` only: ``[n, L, K]`` anchor-coordinate
+                                           differences (an anchor's own coordinate is 0)
 ``sample_ids.utf8`` /          U8 / I64    the shard's ids (utf-8 bytes, n+1 offsets);
 ``sample_ids.offsets``                     checked against the run's ids at the merge
 =============================  ==========  ===============================================
@@ -66,6 +75,7 @@ import json
 import logging
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,15 +101,26 @@ from .dataset import (
 )
 from .difficulty import layer_distances, ledoit_wolf_covariance
 
-__all__ = ["MIN_SAMPLES", "SIGNAL", "Calibration", "merge_signal", "meta_token_signals", "precompute"]
+__all__ = ["DELTA", "MIN_SAMPLES", "SIGNAL", "Calibration", "merge_signal", "meta_token_signals", "precompute",
+           "signal_name"]
 
 logger = logging.getLogger(__name__)
 
 _SHARD_SCHEMA = "torch_curriculum.difficulty_shard"
 _CALIB_SCHEMA = "torch_curriculum.calibration"
 _CALIB_FILE = "calibration.safetensors"
-#: the design's signal: per-layer distance between aligned cloud and edge meta tokens
+#: the design's signal: per-layer distance between aligned cloud and edge meta tokens, one per metric
+#: (``meta_token_distance.l2`` ...; see :func:`signal_name`)
 SIGNAL = "meta_token_distance"
+#: ``relative`` alignment: the per-layer difference of the K-dim anchor coordinates, ``[n, L, K]`` float32
+#: (an anchor's own coordinate is 0), from which the merge computes Mahalanobis distances
+DELTA = "meta_token_delta"
+_CHEAP_METRICS = ("l2", "cosine", "kl")
+
+
+def signal_name(metric: str) -> str:
+    """The shard signal holding the ``metric`` distances, e.g. ``meta_token_distance.l2``."""
+    return f"{SIGNAL}.{metric}"
 #: fewest samples precompute accepts. With ``relative`` alignment an anchor is described by the other
 #: anchors (K-1 of them); with fewer than 3 the centred space collapses to a line (2 samples gave
 #: distances ~1e-16 and one stage for everything), and percentiles / 3 stages over < 4 samples mean
@@ -108,6 +129,7 @@ MIN_SAMPLES = 4
 _FEW_SAMPLES = 30
 #: models up to this many bytes of weights are hashed in full; larger ones by a sampled digest
 _FULL_HASH_BYTES = 4 * 1024**3
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -138,6 +160,13 @@ def _weights_digest(model: Any) -> str:
     4 GiB of weights (a few seconds); above that a sampled digest (names, shapes, dtypes and 512
     values per tensor), marked ``sampled-sha256:`` because a change elsewhere in a tensor is not seen."""
     state = sorted(model.state_dict().items())
+    # unchanged tensors (same storage, same in-place version counter) keep their digest: a second
+    # precompute with the same model objects does not hash gigabytes again
+    key = tuple((n, p.data_ptr(), p._version, tuple(p.shape), str(p.dtype)) for n, p in state)
+    with contextlib.suppress(TypeError):
+        cached = _DIGESTS.get(model)
+        if cached is not None and cached[0] == key:
+            return cached[1]
     total = sum(p.numel() * p.element_size() for _, p in state)
     full = total <= _FULL_HASH_BYTES
     h = hashlib.sha256()
@@ -148,7 +177,10 @@ def _weights_digest(model: Any) -> str:
             flat = torch.cat([flat[:256], flat[:: max(1, flat.numel() // 256)][:256]])
         flat = flat.cpu().contiguous()
         h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    return ("sha256:" if full else "sampled-sha256:") + h.hexdigest()
+    digest = ("sha256:" if full else "sampled-sha256:") + h.hexdigest()
+    with contextlib.suppress(TypeError):  # a model that cannot be weakly referenced is simply not cached
+        _DIGESTS[model] = (key, digest)
+    return digest
 
 
 def _model_info(model: Any, tokenizer: Any) -> dict[str, Any]:
@@ -262,6 +294,8 @@ class Calibration:
             (a subset of ``index``).
         alpha (float): ridge penalty. Defaults to 1.0.
         kl_temperature (float): KL softmax temperature. Defaults to 1.0.
+        metrics (Sequence[str] | None): metrics the shards hold; None = l2, cosine and kl, plus
+            mahalanobis when it is the metric and the alignment is not ``relative``.
 
     Per-layer maps and covariances are computed on first use and kept (memory: for ``ridge``
     ``folds * L * d_edge * d_cloud`` floats; for ``mahalanobis`` ``folds * L * D^2`` with D = K or
@@ -270,13 +304,18 @@ class Calibration:
 
     def __init__(self, index: torch.Tensor, cloud: torch.Tensor, edge: torch.Tensor, *, alignment: str, metric: str,
                  anchors: torch.Tensor | None = None, folds: torch.Tensor | None = None,
-                 fit: torch.Tensor | None = None, alpha: float = 1.0, kl_temperature: float = 1.0):
+                 fit: torch.Tensor | None = None, alpha: float = 1.0, kl_temperature: float = 1.0,
+                 metrics: Sequence[str] | None = None):
         if alignment not in ALIGNMENTS:
             raise ValueError(f"unknown alignment {alignment!r}; expected one of {', '.join(ALIGNMENTS)}")
         self.index = index.long()
         self.cloud, self.edge = cloud, edge
         self.alignment, self.metric = alignment, metric
         self.alpha, self.kl_temperature = float(alpha), float(kl_temperature)
+        #: metrics computed in the shards: the cheap ones always (one extraction serves every metric),
+        #: Mahalanobis here only outside ``relative`` (there the merge computes it from the deltas)
+        self.metrics = list(metrics) if metrics is not None else list(_CHEAP_METRICS) + (
+            ["mahalanobis"] if metric == "mahalanobis" and alignment != "relative" else [])
         self.num_layers = int(edge.shape[1])
         self._row = {int(g): r for r, g in enumerate(self.index.tolist())}
         self.anchors = anchors.long() if anchors is not None else None
@@ -388,14 +427,15 @@ def meta_token_signals(cloud: torch.Tensor, edge: torch.Tensor, index: torch.Ten
         calibration (Calibration): anchors, maps and covariances from the calibration pass.
 
     Returns:
-        dict[str, torch.Tensor]: ``{"meta_token_distance": [n, L] float64}``.
+        dict[str, torch.Tensor]: ``{signal_name(metric): [n, L] float64}`` for each metric of the
+        calibration, and for ``relative`` alignment ``{DELTA: [n, L, K] float32}``.
 
     Raises:
         ValueError: shapes that do not match, or NaN/Inf vectors (the row is named).
 
     Example:
         >>> signals = meta_token_signals(c, e, torch.arange(lo, hi), calib)  # doctest: +SKIP
-        >>> signals["meta_token_distance"].shape                            # doctest: +SKIP
+        >>> signals["meta_token_distance.l2"].shape                         # doctest: +SKIP
     """
     if cloud.dim() != 3 or edge.dim() != 3 or cloud.shape[:2] != edge.shape[:2] or len(index) != cloud.shape[0]:
         raise ValueError(f"cloud {tuple(cloud.shape)}, edge {tuple(edge.shape)} and index [{len(index)}] must be "
@@ -404,7 +444,9 @@ def meta_token_signals(cloud: torch.Tensor, edge: torch.Tensor, index: torch.Ten
     if n_layers != calibration.num_layers:
         raise ValueError(f"the batch has {n_layers} layers, the calibration {calibration.num_layers}")
     cal = calibration
-    out = torch.empty(n, n_layers, dtype=torch.float64)
+    out = {m: torch.empty(n, n_layers, dtype=torch.float64) for m in cal.metrics}
+    rel = cal.alignment == "relative"
+    delta = torch.zeros(n, n_layers, len(cal.anchors), dtype=torch.float32) if rel else None
     idx = index.long().tolist()
     drop = [g if g in cal._anchor_pos else None for g in idx]
     fold = [int(cal.folds[g]) if cal.folds is not None else 0 for g in idx]
@@ -416,16 +458,23 @@ def meta_token_signals(cloud: torch.Tensor, edge: torch.Tensor, index: torch.Ten
         e = edge[:, j].to(torch.float64)
         for (a, f), rows in sorted(groups.items(), key=lambda kv: kv[1][0]):
             r = torch.tensor(rows)
-            if cal.alignment == "relative":
+            if rel:
                 ca, ea = cal._relative_pair(c[r], e[r], j, a)
+                keep = torch.arange(len(cal.anchors)) if a is None else \
+                    torch.tensor([p for p in range(len(cal.anchors)) if p != cal._anchor_pos[a]])
+                delta[r.unsqueeze(1), j, keep.unsqueeze(0)] = (ca - ea).float()
             elif cal.alignment == "ridge":
                 ca, ea = cal._ridge_pair(c[r], e[r], j, f)
             else:
                 ca, ea = c[r], e[r]
-            prec = cal._prec(j, f, a)[None] if cal.metric == "mahalanobis" else None
-            out[r, j] = layer_distances(ca[:, None], ea[:, None], cal.metric, precision=prec,
-                                        temperature=cal.kl_temperature)[:, 0]
-    return {SIGNAL: out}
+            for m in cal.metrics:
+                prec = cal._prec(j, f, a)[None] if m == "mahalanobis" else None
+                out[m][r, j] = layer_distances(ca[:, None], ea[:, None], m, precision=prec,
+                                               temperature=cal.kl_temperature)[:, 0]
+    signals: dict[str, torch.Tensor] = {signal_name(m): v for m, v in out.items()}
+    if rel:
+        signals[DELTA] = delta
+    return signals
 
 
 def merge_signal(work: str | Path, num_shards: int, name: str, ids: Sequence[str]) -> torch.Tensor:
@@ -477,6 +526,8 @@ def _plan(n: int, cfg: CurriculumConfig, calibration_size: int, anchors: Sequenc
     if n < _FEW_SAMPLES:
         warnings.warn(f"precompute over N={n} < {_FEW_SAMPLES} samples: percentiles and stages are coarse and the "
                       "alignment rests on few samples", UserWarning, stacklevel=3)
+    if anchors is not None and mt.alignment != "relative":
+        raise ValueError(f"anchors= only applies to alignment='relative', not {mt.alignment!r}")
     if mt.alignment == "relative":
         if anchors is not None:
             a = torch.as_tensor(list(anchors), dtype=torch.long).unique()
@@ -493,7 +544,17 @@ def _plan(n: int, cfg: CurriculumConfig, calibration_size: int, anchors: Sequenc
                              f"got {len(a)}: an anchor is described by the other anchors, and fewer than 3 span "
                              "no useful space")
         plan["anchors"] = a
-    if mt.alignment == "ridge" or mt.distance_metric == "mahalanobis":
+    if calibration_size < 2:
+        raise ValueError(f"calibration_size must be >= 2, got {calibration_size}")
+    if mt.alignment == "relative":
+        # Mahalanobis under relative alignment: fitted at the merge on the stored deltas of up to
+        # calibration_size non-anchor samples (no extra forward passes), cross-fitted over folds
+        g = torch.Generator().manual_seed(int(seed) + 1)
+        fit = torch.randperm(n, generator=g)[:min(n, int(calibration_size))].sort().values
+        plan["delta_fit"] = fit[~torch.isin(fit, plan["anchors"])]
+        plan["delta_num_folds"] = min(5, n)
+        plan["delta_folds"] = ridge_folds(n, plan["delta_num_folds"], seed)
+    if mt.alignment == "ridge" or (mt.distance_metric == "mahalanobis" and mt.alignment != "relative"):
         if calibration_size < 2:
             raise ValueError(f"calibration_size must be >= 2, got {calibration_size}")
         m = min(n, int(calibration_size))
@@ -615,7 +676,11 @@ def precompute(
     inputs = {"kind": "dialogue_samples" if dialogue else "prompts", "system_prompt": mt.system_prompt,
               "max_context_turns": mt.max_context_turns, "use_chat_template": bool(use_chat_template),
               "num_samples": n, "fingerprint": fingerprint}
-    signal = {"metric": mt.distance_metric, "kl_temperature": mt.kl_temperature, "alignment": mt.alignment,
+    # what the shards depend on: not the metric (l2, cosine and kl are all stored, and Mahalanobis under
+    # relative alignment is computed at the merge), so runs that differ only in metric share the shards
+    shard_metrics = list(_CHEAP_METRICS) + (["mahalanobis"] if mt.distance_metric == "mahalanobis"
+                                            and mt.alignment != "relative" else [])
+    signal = {"metrics": shard_metrics, "kl_temperature": mt.kl_temperature, "alignment": mt.alignment,
               "layer_map": mt.layer_map, "ridge_alpha": mt.ridge_alpha, "seed": cfg.training.seed,
               "anchors": None if plan["anchors"] is None else plan["anchors"].tolist(),
               "fit_size": None if plan["fit"] is None else len(plan["fit"]), "folds": plan["num_folds"]}
@@ -623,7 +688,8 @@ def precompute(
                                       "library_version": __version__}).encode()).hexdigest()
     shard_key = hashlib.sha256(_json({"calibration_key": calib_key, "shard_size": shard_size}).encode()).hexdigest()
     scoring = _scoring_settings(cfg)
-    run_key = hashlib.sha256(_json({"shard_key": shard_key, "scoring": scoring}).encode()).hexdigest()
+    run_key = hashlib.sha256(_json({"shard_key": shard_key, "scoring": scoring,
+                                    "calibration_size": int(calibration_size)}).encode()).hexdigest()
     rank, world = _dist()
 
     if path.exists() and not overwrite:
@@ -684,12 +750,11 @@ def precompute(
     try:
         for i in todo:
             lo, hi = i * shard_size, min(n, (i + 1) * shard_size)
-            chunk = samples[lo:hi]
             # each model's pass is half of a sample's work, so the bar (and its samples/s)
             # moves during the cloud pass too; whole samples only, the shard ends exact
             half = _half_progress(bar) if bar is not None else None
-            c_vec, e_vec = _extract_pair(chunk, range(lo, hi), cloud_ex, edge_ex, mt, dialogue, use_chat_template, ids,
-                                         layer_map, progress=half)
+            c_vec, e_vec = _shard_vectors(samples, lo, hi, calib, cloud_ex, edge_ex, mt, dialogue, use_chat_template,
+                                          ids, layer_map, progress=half)
             signals = meta_token_signals(c_vec, e_vec, torch.arange(lo, hi), calib)
             del c_vec, e_vec
             utf8, offsets = _encode_ids(ids[lo:hi])
@@ -711,7 +776,10 @@ def precompute(
     err = None
     if rank == 0:
         try:
-            raw = merge_signal(work, n_shards, SIGNAL, ids)
+            if mt.distance_metric == "mahalanobis" and mt.alignment == "relative":
+                raw = _merge_relative_mahalanobis(work, n_shards, ids, plan)
+            else:
+                raw = merge_signal(work, n_shards, signal_name(mt.distance_metric), ids)
             align_info: dict[str, Any] = {"method": mt.alignment}
             extra: dict[str, Any] = {}
             if plan["anchors"] is not None:
@@ -727,11 +795,16 @@ def precompute(
                                   cross_fitting="a sample of fold f is scored by maps/covariances fitted on "
                                                 "calibration samples of the other folds")
                 extra["calibration.fit_index"] = plan["fit"]
+            if mt.distance_metric == "mahalanobis" and mt.alignment == "relative":
+                align_info.update(covariance_fit_size=len(plan["delta_fit"]), folds=plan["delta_num_folds"],
+                                  covariance="Ledoit-Wolf of anchor-coordinate deltas of non-anchor calibration "
+                                             "samples of the other folds; an anchor uses its K-1 coordinates")
+                extra["calibration.fit_index"] = plan["delta_fit"]
             if mt.alignment == "ridge":
                 align_info.update(alpha=mt.ridge_alpha, space="standardised cloud space, cross-fitted")
             provenance = {"models": info, "inputs": inputs, "layer_map": layer_map, "alignment": align_info,
                           "pooling": {"cloud": info["cloud"]["pooling"], "edge": info["edge"]["pooling"]},
-                          "signal": SIGNAL, "shard_size": shard_size}
+                          "signal": signal_name(mt.distance_metric), "shard_size": shard_size}
             tensors, meta = _finalise(raw, ids, cfg, provenance, fingerprint, run_key=run_key)
             tensors.update(extra)
             _remove_stale_temps(path)
@@ -748,6 +821,67 @@ def precompute(
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def _shard_files(work: Path, n_shards: int):
+    for i in range(n_shards):
+        p = work / f"shard_{i:06d}.safetensors"
+        header, start = read_safetensors_header(p)
+        meta = header.get("__metadata__") or {}
+        yield p, header, start, int(meta["start"]), int(meta["stop"])
+
+
+def _merge_relative_mahalanobis(work: Path, n_shards: int, ids: Sequence[str], plan: dict[str, Any]) -> torch.Tensor:
+    """Mahalanobis distances from the shards' anchor-coordinate deltas, streamed twice: first the
+    deltas of the calibration samples (at most ``calibration_size`` x L x K), from which one Ledoit-Wolf
+    precision per fold and layer is fitted on the other folds' samples; then every shard's distances.
+    An anchor's delta has K-1 coordinates (its own is left out), and its covariance is fitted on the
+    same K-1 coordinates."""
+    merge_signal(work, n_shards, signal_name("l2"), ids)  # checks every shard's ids and that they tile N
+    fit, folds, anchors = plan["delta_fit"], plan["delta_folds"], plan["anchors"]
+    anchor_pos = {int(a): p for p, a in enumerate(anchors.tolist())}
+    want = set(fit.tolist())
+    rows: dict[int, torch.Tensor] = {}
+    for p, header, start, lo, hi in _shard_files(work, n_shards):
+        if f"signals.{DELTA}" not in header:
+            raise DifficultyFileError(f"{p}: no signal {DELTA!r} (needed for mahalanobis)")
+        d = _memmap(p, header, start, f"signals.{DELTA}")
+        for g in range(lo, hi):
+            if g in want:
+                rows[g] = torch.from_numpy(np.array(d[g - lo])).double()
+        del d
+    fit_idx = sorted(rows)
+    if not fit_idx:
+        raise ValueError("mahalanobis: no calibration sample outside the anchors; use more samples than "
+                         "num_anchors or a larger calibration_size")
+    fd = torch.stack([rows[g] for g in fit_idx])  # [M, L, K]
+    ff = folds[torch.tensor(fit_idx)]
+    n_layers, k = fd.shape[1], fd.shape[2]
+    cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def precision(f: int, j: int, keep: torch.Tensor | None) -> torch.Tensor:
+        x = fd[ff != f, j]
+        if keep is not None:
+            x = x[:, keep]
+        return _precision(x, f"layer {j}, fold {f}")
+
+    out = torch.empty(len(ids), n_layers, dtype=torch.float64)
+    for p, header, start, lo, hi in _shard_files(work, n_shards):
+        d = torch.from_numpy(np.array(_memmap(p, header, start, f"signals.{DELTA}"))).double()
+        for g in range(lo, hi):
+            f = int(folds[g])
+            pos = anchor_pos.get(g)
+            keep = None if pos is None else torch.tensor([q for q in range(k) if q != pos])
+            for j in range(n_layers):
+                if keep is None:
+                    if (f, j) not in cache:
+                        cache[(f, j)] = precision(f, j, None)
+                    prec, x = cache[(f, j)], d[g - lo, j]
+                else:
+                    prec, x = precision(f, j, keep), d[g - lo, j, keep]
+                out[g, j] = math.sqrt(max(float(x @ prec @ x), 0.0))
+        del d
+    return out
+
+
 def _extract_pair(chunk: Sequence[Any], rows: Sequence[int], cloud_ex: Any, edge_ex: Any, mt: Any, dialogue: bool,
                   use_chat_template: bool, ids: Sequence[str], layer_map: Sequence[int] | None,
                   progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -768,6 +902,33 @@ def _extract_pair(chunk: Sequence[Any], rows: Sequence[int], cloud_ex: Any, edge
     c, e = out
     if layer_map is not None:
         c = c[:, list(layer_map)]
+    return c, e
+
+
+def _shard_vectors(samples: Sequence[Any], lo: int, hi: int, calib: Calibration, cloud_ex: Any, edge_ex: Any,
+                   mt: Any, dialogue: bool, use_chat_template: bool, ids: Sequence[str], layer_map: Sequence[int],
+                   progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vectors of samples ``lo..hi-1``: calibration samples' from the calibration pass (they are not run
+    twice), the others from both models."""
+    need = [g for g in range(lo, hi) if g not in calib._row]
+    c = torch.empty(hi - lo, calib.num_layers, calib.cloud.shape[2], dtype=torch.float32)
+    e = torch.empty(hi - lo, calib.num_layers, calib.edge.shape[2], dtype=torch.float32)
+    have = [g for g in range(lo, hi) if g in calib._row]
+    if have:
+        rows = calib._rows(torch.tensor(have))
+        local = torch.tensor(have) - lo
+        c[local], e[local] = calib.cloud[rows], calib.edge[rows]
+        if progress is not None:
+            progress(2 * len(have))
+    if need:
+        cn, en = _extract_pair([samples[g] for g in need], need, cloud_ex, edge_ex, mt, dialogue, use_chat_template,
+                               ids, layer_map, progress=progress)
+        if cn.shape[1:] != c.shape[1:] or en.shape[1:] != e.shape[1:]:
+            raise ValueError(f"samples {lo}..{hi - 1}: the models returned [{cn.shape[1]}, {cn.shape[2]}] (cloud) and "
+                             f"[{en.shape[1]}, {en.shape[2]}] (edge) per sample, the calibration pass "
+                             f"[{c.shape[1]}, {c.shape[2]}] and [{e.shape[1]}, {e.shape[2]}]")
+        local = torch.tensor(need) - lo
+        c[local], e[local] = cn, en
     return c, e
 
 
