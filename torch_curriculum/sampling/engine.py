@@ -24,7 +24,6 @@ import json
 import math
 import struct
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,7 +33,6 @@ import torch
 from torch.utils.data import Sampler
 
 from ..difficulty import aggregate
-from ..pacing import curriculum_progress
 from .schedules import Pace, Schedule, ScoreSpec
 
 __all__ = ["STATE_FORMAT", "CurriculumSampler", "DifficultySource", "Time", "Timeline"]
@@ -163,10 +161,17 @@ class Timeline:
 
     def at(self, epoch: int, step: int) -> Time:
         """The curriculum time at ``(epoch, step)``."""
+        # the phases of :func:`torch_curriculum.pacing.curriculum_progress`, inlined: update() runs this
         t = self.clock(epoch, step)
         s, e, w = self._bounds
-        phase, u = curriculum_progress(t, curriculum_start_epoch=s, curriculum_end_epoch=e, warmup_epochs=w)
-        return Time(phase, u, t - s - w, e - s - w)
+        span = e - s - w
+        if t < s:
+            return Time("before", 0.0, t - s - w, span)
+        if t >= e:
+            return Time("after", 0.0, t - s - w, span)
+        if t < s + w:
+            return Time("warmup", 0.0, t - s - w, span)
+        return Time("curriculum", min(max((t - s - w) / span, 0.0), 1.0), t - s - w, span)
 
 
 # ------------------------------------------------------------------------------------------ source
@@ -406,6 +411,11 @@ def _kind_str(strict: bool, spec: ScoreSpec) -> str:
     return ("s|" if strict else "r|") + spec.key()
 
 
+@functools.lru_cache(maxsize=256)
+def _key_str(spec: ScoreSpec) -> str:
+    return spec.key()
+
+
 def _derive_seed(*parts: int) -> int:
     h = hashlib.blake2b(":".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
@@ -486,6 +496,7 @@ class CurriculumSampler(Sampler[int]):
             raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
         self.chunk_size = chunk_size
         self._n = source.n
+        self._moving = bool(schedule.moves_within_epoch or timeline.by_step)  # update() moves the pool
         self._init_caches()
         self.epoch = 0
         self.step = 0
@@ -494,7 +505,7 @@ class CurriculumSampler(Sampler[int]):
         self._start_epoch(0)
 
     def _init_caches(self) -> None:
-        self._views: OrderedDict[str, _View] = OrderedDict()
+        self._views: dict[str, _View] = {}
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
 
     def __getattr__(self, name: str) -> Any:
@@ -528,23 +539,21 @@ class CurriculumSampler(Sampler[int]):
         return self.timeline.at(self.epoch, self.step)
 
     def _moves(self) -> bool:
-        return self.schedule.moves_within_epoch or self.timeline.by_step
+        return self._moving
 
     def _view(self, key: str) -> _View:
         view = self._views.get(key)
         if view is None:
             view = self.source.view(key)
+            while len(self._views) >= _MAX_VIEWS:  # drop the oldest-built order
+                del self._views[next(iter(self._views))]
             self._views[key] = view
-            while len(self._views) > _MAX_VIEWS:
-                self._views.popitem(last=False)
-        else:
-            self._views.move_to_end(key)
         return view
 
     def _pool_of(self, pace: Pace) -> tuple[float, int]:
         if pace.score is None or pace.percentile >= 1.0:
             return 1.0, self._n
-        return self._view(_kind_str(False, pace.score)[2:]).pool(pace.percentile)
+        return self._view(_key_str(pace.score)).pool(pace.percentile)
 
     @staticmethod
     def _kind_of(pace: Pace) -> str | None:
@@ -830,7 +839,7 @@ class CurriculumSampler(Sampler[int]):
         if not math.isfinite(loss):
             raise ValueError(f"loss must be finite, got {loss}")
         self.step += 1
-        if self._moves():
+        if self._moving:
             time = self._time()
             self.schedule.observe(loss, time)
             self._refresh(time)
