@@ -47,6 +47,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--no-bf16", action="store_true", help="skip the alternating fp32/bf16 comparison")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="build SmolLM2-135M from its config with random weights instead of loading the bundled "
+                         "GGUF (same shapes, same step cost; no model download or conversion)")
     ap.add_argument("--peak-tflops", type=float, default=989.0,
                     help="dense bf16 peak of the GPU for the MFU (H100/H200 SXM: 989)")
     args = ap.parse_args()
@@ -59,7 +62,17 @@ def main() -> None:
     from torch_curriculum.loragen import LoRAGenConfig, LoRAGenerator
 
     t = time.perf_counter()
-    edge, _tok = load_bundled("edge")
+    if args.random_weights:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        edge = LlamaForCausalLM(LlamaConfig(  # SmolLM2-135M's shapes
+            hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+            num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True)).eval()
+        for p in edge.parameters():
+            p.requires_grad_(False)
+    else:
+        edge, _tok = load_bundled("edge")
     load_s = time.perf_counter() - t
     torch.manual_seed(0)
     gen = LoRAGenerator(edge, 896, LoRAGenConfig())
@@ -134,7 +147,9 @@ def main() -> None:
     gen.layer_update_norms()
     norms_s = time.perf_counter() - t0
     result = {
-        "benchmark": "loragen_train_step", "edge": "SmolLM2-135M-Instruct (bundled, float32)",
+        "benchmark": "loragen_train_step",
+        "edge": ("SmolLM2-135M shapes, random weights (float32)" if args.random_weights
+                 else "SmolLM2-135M-Instruct (bundled, float32)"),
         "batch": b, "seq": s, "response_tokens": args.response, "threads": torch.get_num_threads(),
         "train_step_s": round(step_s, 3), "eval_batch_s": round(eval_s, 3),
         "plain_edge_forward_s": round(plain_s, 3), "update_norms_s": round(norms_s, 4),
