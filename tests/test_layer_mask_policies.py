@@ -41,7 +41,7 @@ def _walk(unfreeze: str):
         grads = {n: None if p.grad is None else p.grad.detach().clone() for n, p in model.named_parameters()}
         opt.step()
         opt.zero_grad()
-        sampler.update(float(loss))
+        sampler.update(loss.item())
         record.append((layers, before, grads))
     return model, opt, sched, record
 
