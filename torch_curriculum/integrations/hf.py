@@ -323,6 +323,11 @@ class CurriculumDataLoader:
                                 **self.loader_kwargs)
             got = 0
             for batch in loader:
+                if not self.in_epoch:  # more batches than len(sampler) promised at the epoch start
+                    raise RuntimeError(
+                        f"the curriculum sampler yielded more than the {self.epoch_batches} batches "
+                        f"its length ({len(self.sampler)}) promised for epoch {self.epoch - 1}; "
+                        "epoch ends (and checkpoints) would be misplaced")
                 got += 1
                 self.batches_in_epoch += 1
                 if self.batches_in_epoch >= self.epoch_batches:
