@@ -42,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -230,14 +231,11 @@ class _Batches:
 
     def __iter__(self) -> Iterator[list[int]]:
         owner = self.owner
-        bs, batch = owner.batch_size, []
-        for idx in owner.sampler:
-            batch.append(int(idx))
-            if len(batch) == bs:
-                owner._drew(batch)
-                yield batch
-                batch = []
-        if batch and not owner.drop_last:
+        bs, it = owner.batch_size, iter(owner.sampler)
+        while True:
+            batch = list(itertools.islice(it, bs))
+            if not batch or (len(batch) < bs and owner.drop_last):
+                return
             owner._drew(batch)
             yield batch
 
