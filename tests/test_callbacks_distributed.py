@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -110,7 +111,8 @@ def test_loss_is_averaged_over_ranks_so_every_rank_paces_the_same(ddp_run):
     assert max(in_force) > in_force[0]  # the pool did move
 
 
-def _trainer_run(rank: int, out_dir: str, run: str, resume: str | None = None) -> dict:
+def _trainer_run(rank: int, out_dir: str, run: str, resume: str | None = None,
+                 strategy: str = "layer_wise_progressive") -> dict:
     """One CurriculumTrainer run of a PEFT LoRA llama under DDP (accelerate, gloo)."""
     import hashlib
 
@@ -120,7 +122,11 @@ def _trainer_run(rank: int, out_dir: str, run: str, resume: str | None = None) -
     from transformers import TrainerCallback, TrainingArguments
 
     from torch_curriculum import CurriculumTrainer, LayerMaskScheduler
-    from torch_curriculum.samplers import LayerWiseProgressiveSampler
+    from torch_curriculum.samplers import (
+        DynamicPacingSampler,
+        EasyToHardSampler,
+        LayerWiseProgressiveSampler,
+    )
 
     def lora_digest(model) -> dict[int, str]:
         out: dict[int, hashlib._Hash] = {}
@@ -150,21 +156,30 @@ def _trainer_run(rank: int, out_dir: str, run: str, resume: str | None = None) -
         r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["gate_proj", "up_proj", "down_proj"]))
     ds = TokenDataset(N_SAMPLES)
     kw = dict(curriculum_start_epoch=0, curriculum_end_epoch=3, warmup_epochs=0, seed=9)
-    sampler = LayerWiseProgressiveSampler(_table(), **kw)  # after init: reads rank/world from dist
+    # built after init: they read rank/world from dist
+    if strategy == "layer_wise_progressive":
+        sampler = LayerWiseProgressiveSampler(_table(), **kw)
+    elif strategy == "easy_to_hard":
+        sampler = EasyToHardSampler(_table(), **kw)
+    else:  # the rank-averaged loss (~4.1) sits near the threshold: the pool moves both ways
+        sampler = DynamicPacingSampler(_table(), loss_threshold=4.12, difficulty_step_up=0.1,
+                                       difficulty_step_down=0.05, warmup_epochs=0, seed=9)
+    mask = LayerMaskScheduler(model, sampler) if strategy == "layer_wise_progressive" else None
     recorder = BatchRecorder(model, ds)
     ends = EpochEnds(model)
     trainer = CurriculumTrainer(model=model, args=args, train_dataset=ds, curriculum_sampler=sampler,
-                                pacing=True, layer_mask=LayerMaskScheduler(model, sampler),
-                                callbacks=[recorder, ends])
+                                pacing={"smoothing": 0.5}, layer_mask=mask, callbacks=[recorder, ends])
     trainer.train(resume_from_checkpoint=resume)
     logs = [{k: v for k, v in h.items() if k.startswith("curriculum/")}
             for h in trainer.state.log_history if "loss" in h]
     save_file({n: p.detach().contiguous() for n, p in model.named_parameters()},
               os.path.join(out_dir, f"{run}_params{rank}.safetensors"))
+    pct = [h.get("curriculum/percentile") for h in trainer.state.log_history if "loss" in h]
     return {"rows": {str(k): v for k, v in recorder.rows.items()}, "logs": logs,
             "world": dist.get_world_size(), "replicas": sampler.num_replicas,
             "global_step": trainer.state.global_step, "digests": ends.digests, "ends": ends.steps,
-            "sampler": sampler.state_dict(), "mask": trainer.layer_mask.state_dict()}
+            "sampler": sampler.state_dict(), "percentiles": pct,
+            "mask": None if mask is None else mask.state_dict()}
 
 
 RESUME_AT = 6  # inside epoch 1 (epoch 0 has 4 steps per rank)
@@ -173,23 +188,26 @@ RESUME_AT = 6  # inside epoch 1 (epoch 0 has 4 steps per rank)
 def _trainer_part(rank: int, out_dir: str) -> None:
     import shutil
 
-    full = _trainer_run(rank, out_dir, "full")
-    dist.barrier()
-    src = os.path.join(out_dir, "full", f"checkpoint-{RESUME_AT}")
-    dst = os.path.join(out_dir, "resumed", f"checkpoint-{RESUME_AT}")
-    if rank == 0:
-        shutil.copytree(src, dst)
-    dist.barrier()
-    resumed = _trainer_run(rank, out_dir, "resumed", resume=dst)
+    record = {}
+    for strategy in ("layer_wise_progressive", "easy_to_hard", "dynamic"):
+        full = _trainer_run(rank, out_dir, f"{strategy}_full", strategy=strategy)
+        dist.barrier()
+        src = os.path.join(out_dir, f"{strategy}_full", f"checkpoint-{RESUME_AT}")
+        dst = os.path.join(out_dir, f"{strategy}_resumed", f"checkpoint-{RESUME_AT}")
+        if rank == 0:
+            shutil.copytree(src, dst)
+        dist.barrier()
+        resumed = _trainer_run(rank, out_dir, f"{strategy}_resumed", resume=dst, strategy=strategy)
+        record[strategy] = {"full": full, "resumed": resumed, "files": sorted(os.listdir(src))}
     with open(os.path.join(out_dir, f"trainer{rank}.json"), "w") as f:
-        json.dump({"full": full, "resumed": resumed,
-                   "files": sorted(os.listdir(src))}, f)
+        json.dump(record, f)
 
 
 def test_curriculum_trainer_under_ddp_keeps_the_samplers_rank_slices(ddp_run):
     """PEFT LoRA model in DDP: each rank trains on its own slice; LayerMaskScheduler freezes the
     same layers on both ranks, frozen LoRA layers do not move and the replicas stay identical."""
-    recs = [json.loads((ddp_run / f"trainer{r}.json").read_text())["full"] for r in range(WORLD)]
+    recs = [json.loads((ddp_run / f"trainer{r}.json").read_text())["layer_wise_progressive"]["full"]
+            for r in range(WORLD)]
     assert all(r["world"] == 2 and r["replicas"] == 2 for r in recs)
     assert recs[0]["logs"] == recs[1]["logs"]  # same pacing state on both ranks
     assert recs[0]["global_step"] == recs[1]["global_step"]
@@ -223,13 +241,14 @@ def test_curriculum_trainer_under_ddp_keeps_the_samplers_rank_slices(ddp_run):
             assert not set(per_rank[0]) & set(per_rank[1])
 
 
-def test_resume_under_ddp_equals_the_uninterrupted_run(ddp_run):
-    """Interrupted at step 6 (inside epoch 1) and resumed on 2 gloo processes: every rank trains on
-    the same batches and ends with the same parameters, sampler and layer-mask state."""
+@pytest.mark.parametrize("strategy", ["layer_wise_progressive", "easy_to_hard", "dynamic"])
+def test_resume_under_ddp_equals_the_uninterrupted_run(ddp_run, strategy):
+    """Interrupted at step 6 and resumed on 2 gloo processes: every rank trains on the same batches
+    and ends with the same parameters, sampler (and layer-mask) state as without the interruption."""
     from safetensors.torch import load_file
 
     for rank in range(WORLD):
-        rec = json.loads((ddp_run / f"trainer{rank}.json").read_text())
+        rec = json.loads((ddp_run / f"trainer{rank}.json").read_text())[strategy]
         assert f"curriculum_state_rank{rank}.json" in rec["files"]
         full, resumed = rec["full"], rec["resumed"]
         assert resumed["global_step"] == full["global_step"] > RESUME_AT
@@ -237,9 +256,12 @@ def test_resume_under_ddp_equals_the_uninterrupted_run(ddp_run):
         assert {s: full["rows"][s] for s in resumed["rows"]} == resumed["rows"]
         assert resumed["sampler"] == full["sampler"]
         assert resumed["mask"] == full["mask"]
-        assert resumed["logs"][-1] == full["logs"][-1]
-        a = load_file(str(ddp_run / f"full_params{rank}.safetensors"))
-        b = load_file(str(ddp_run / f"resumed_params{rank}.safetensors"))
+        assert resumed["logs"] == full["logs"]
+        if strategy == "dynamic":  # the rank-averaged loss did move the pool, both ways
+            pct = full["percentiles"]
+            assert max(pct) > pct[0] and any(b < a for a, b in itertools.pairwise(pct))
+        a = load_file(str(ddp_run / f"{strategy}_full_params{rank}.safetensors"))
+        b = load_file(str(ddp_run / f"{strategy}_resumed_params{rank}.safetensors"))
         assert a.keys() == b.keys()
         for name in a:
             torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)

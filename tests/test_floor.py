@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv-floor"
 FLOOR_PACKAGES = ("transformers", "accelerate", "peft")
 # what runs in the floor environment: the Trainer integration (exact resume, pacing, layer masks)
-FLOOR_TESTS = ("tests/test_hf_resume.py", "tests/test_callbacks.py")
+FLOOR_TESTS = ("tests/test_hf_resume.py", "tests/test_hf_loader.py", "tests/test_callbacks.py",
+               "tests/test_layer_mask_policies.py")
 
 
 def floor_pins() -> list[str]:

@@ -79,3 +79,16 @@ def test_bad_inputs_are_errors():
         CurriculumDataLoader(list(range(N)), _sampler(), batch_size=0)
     with pytest.raises(TypeError, match="set_epoch"):
         CurriculumDataLoader(list(range(N)), torch.utils.data.SequentialSampler(range(N)), batch_size=2)
+
+
+def test_a_sampler_yielding_more_than_its_length_is_an_error():
+    class Overlong(EasyToHardSampler):
+        """A broken sampler: its length promises fewer indices than it yields."""
+
+        def __len__(self):
+            return max(super().__len__() - 8, 1)
+
+    table = torch.rand(N, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    loader = CurriculumDataLoader(list(range(N)), Overlong(table, warmup_epochs=0), batch_size=4)
+    with pytest.raises(RuntimeError, match="more than the .* batches"):
+        list(itertools.islice(iter(loader), 50))

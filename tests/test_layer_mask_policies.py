@@ -41,7 +41,7 @@ def _walk(unfreeze: str):
         grads = {n: None if p.grad is None else p.grad.detach().clone() for n, p in model.named_parameters()}
         opt.step()
         opt.zero_grad()
-        sampler.update(float(loss))
+        sampler.update(loss.item())
         record.append((layers, before, grads))
     return model, opt, sched, record
 
@@ -99,3 +99,44 @@ def test_deepspeed_optimizers_are_refused_with_the_reason():
     opt = ZeroOptimizerStandIn(model.parameters())
     with pytest.raises(NotImplementedError, match="DeepSpeed.*fp32 partitions"):
         LayerMaskScheduler(model, lambda s: None, optimizer=opt)
+
+
+def test_layer_mask_callback_in_a_plain_trainer(tmp_path):
+    """LayerMaskCallback on a stock Trainer (no curriculum sampler): a callable source trains layer
+    ``step % 4`` at each optimiser step, and only that layer moves."""
+    from _hf_parts import training_args
+    from transformers import Trainer, TrainerCallback
+
+    from torch_curriculum import LayerMaskCallback
+
+    model = tiny_llama()
+    sched = LayerMaskScheduler(model, lambda step: [step % 4], outside_policy="always_frozen")
+    moved = []
+
+    class Moves(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+        def on_step_end(self, args, state, control, **kwargs):
+            moved.append(sorted({_layer_of(n) for n, p in model.named_parameters()
+                                 if not torch.equal(self.before[n], p.detach())}, key=str))
+
+    trainer = Trainer(model=model, args=training_args(tmp_path, max_steps=5, weight_decay=0.1),
+                      train_dataset=TokenDataset(), callbacks=[LayerMaskCallback(sched), Moves()])
+    trainer.train()
+    assert moved == [[0], [1], [2], [3], [0]]
+    with pytest.raises(TypeError, match="LayerMaskScheduler"):
+        LayerMaskCallback(object())
+
+
+def test_the_core_modules_do_not_import_transformers_or_accelerate():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch_curriculum as tc\n"
+            "from torch_curriculum import LayerMaskScheduler, LossFeeder\n"
+            "import torch_curriculum.pacing, torch_curriculum.layer_mask, torch_curriculum.samplers\n"
+            "bad = [m for m in ('transformers', 'accelerate') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr

@@ -2,7 +2,8 @@
 
 The math (``layer_distances``, ``normalize_layers``, ``aggregate``, ``percentiles``,
 ``assign_stages``), label files and the config are imported eagerly (they only need torch); the
-parts that pull in transformers (extraction, dataset, samplers, callbacks) are imported on first use.
+parts that pull in transformers (extraction, dataset, the Trainer integration) and the samplers are
+imported on first use.
 """
 
 from __future__ import annotations

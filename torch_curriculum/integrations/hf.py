@@ -42,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -230,14 +231,11 @@ class _Batches:
 
     def __iter__(self) -> Iterator[list[int]]:
         owner = self.owner
-        bs, batch = owner.batch_size, []
-        for idx in owner.sampler:
-            batch.append(int(idx))
-            if len(batch) == bs:
-                owner._drew(batch)
-                yield batch
-                batch = []
-        if batch and not owner.drop_last:
+        bs, it = owner.batch_size, iter(owner.sampler)
+        while True:
+            batch = list(itertools.islice(it, bs))
+            if not batch or (len(batch) < bs and owner.drop_last):
+                return
             owner._drew(batch)
             yield batch
 
@@ -323,6 +321,11 @@ class CurriculumDataLoader:
                                 **self.loader_kwargs)
             got = 0
             for batch in loader:
+                if not self.in_epoch:  # more batches than len(sampler) promised at the epoch start
+                    raise RuntimeError(
+                        f"the curriculum sampler yielded more than the {self.epoch_batches} batches "
+                        f"its length ({len(self.sampler)}) promised for epoch {self.epoch - 1}; "
+                        "epoch ends (and checkpoints) would be misplaced")
                 got += 1
                 self.batches_in_epoch += 1
                 if self.batches_in_epoch >= self.epoch_batches:
