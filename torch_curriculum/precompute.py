@@ -11,7 +11,7 @@ The pipeline has three passes, and memory and work-dir size grow with the shard,
 2. **Shards** (every rank, shards ``i`` with ``i % world == rank``): both models run over
    ``shard_size`` samples; :func:`meta_token_signals` turns one batch of model outputs into named
    per-sample, per-layer arrays ``[n, L]`` using the calibration only, and the shard file holds just
-   those arrays, not the ``[L, d]`` vectors: the ``l2``, ``cosine`` and ``kl`` distances (all three,
+   those arrays, not the ``[L, d]`` vectors: the ``l2``, ``cosine`` and ``coord_softmax_kl`` distances (all three,
    so runs that differ only in the metric share one work dir and one extraction), and under
    ``relative`` alignment the ``[n, L, K]`` anchor-coordinate deltas (float32, 4 K bytes per layer
    and sample) from which the merge computes Mahalanobis distances.
@@ -50,8 +50,8 @@ Shard schema (``shard_{i:06d}.safetensors``, metadata ``format`` = ``torch_curri
 tensor                         dtype       meaning
 =============================  ==========  ===============================================
 ``signals.<name>``             F64 [n, L]  one named per-sample, per-edge-layer signal:
-                                           ``meta_token_distance.{l2,cosine,kl}`` (and
-                                           ``.mahalanobis`` outside ``relative``)
+                                           ``meta_token_distance.{l2,cosine,coord_softmax_kl}``
+                                           (and ``.mahalanobis`` outside ``relative``)
 ``signals.meta_token_delta``   F32         ``relative`` only: ``[n, L, K]`` anchor-coordinate
                                            differences (an anchor's own coordinate is 0)
 ``sample_ids.utf8`` /          U8 / I64    the shard's ids (utf-8 bytes, n+1 offsets);
@@ -69,6 +69,7 @@ add it to the shard's dict; :func:`merge_signal` reads any name.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import itertools
 import json
@@ -115,7 +116,7 @@ SIGNAL = "meta_token_distance"
 #: ``relative`` alignment: the per-layer difference of the K-dim anchor coordinates, ``[n, L, K]`` float32
 #: (an anchor's own coordinate is 0), from which the merge computes Mahalanobis distances
 DELTA = "meta_token_delta"
-_CHEAP_METRICS = ("l2", "cosine", "kl")
+_CHEAP_METRICS = ("l2", "cosine", "coord_softmax_kl")
 
 
 def signal_name(metric: str) -> str:
@@ -294,7 +295,7 @@ class Calibration:
             (a subset of ``index``).
         alpha (float): ridge penalty. Defaults to 1.0.
         kl_temperature (float): KL softmax temperature. Defaults to 1.0.
-        metrics (Sequence[str] | None): metrics the shards hold; None = l2, cosine and kl, plus
+        metrics (Sequence[str] | None): metrics the shards hold; None = l2, cosine and coord_softmax_kl, plus
             mahalanobis when it is the metric and the alignment is not ``relative``.
 
     Per-layer maps and covariances are computed on first use and kept (memory: for ``ridge``
@@ -511,9 +512,12 @@ def merge_signal(work: str | Path, num_shards: int, name: str, ids: Sequence[str
     return out
 
 
-def _plan(n: int, cfg: CurriculumConfig, calibration_size: int, anchors: Sequence[int] | None) -> dict[str, Any]:
-    """Which samples the calibration pass runs on (seeded; a pure function of N and the settings)."""
+def _plan(n: int, cfg: CurriculumConfig, calibration_size: int, anchors: Sequence[int] | None,
+          metrics: Sequence[str] | None = None) -> dict[str, Any]:
+    """Which samples the calibration pass runs on (seeded; a pure function of N and the settings).
+    ``metrics``: every metric of the run (the primary's and the extra outputs'); default the config's."""
     mt = cfg.meta_token
+    maha = "mahalanobis" in (metrics if metrics is not None else [mt.distance_metric])
     seed = cfg.training.seed
     plan: dict[str, Any] = {"anchors": None, "fit": None, "folds": None, "num_folds": 0}
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63 - 1:
@@ -554,14 +558,14 @@ def _plan(n: int, cfg: CurriculumConfig, calibration_size: int, anchors: Sequenc
         plan["delta_fit"] = fit[~torch.isin(fit, plan["anchors"])]
         plan["delta_num_folds"] = min(5, n)
         plan["delta_folds"] = ridge_folds(n, plan["delta_num_folds"], seed)
-    if mt.alignment == "ridge" or (mt.distance_metric == "mahalanobis" and mt.alignment != "relative"):
+    if mt.alignment == "ridge" or (maha and mt.alignment != "relative"):
         if calibration_size < 2:
             raise ValueError(f"calibration_size must be >= 2, got {calibration_size}")
         m = min(n, int(calibration_size))
         g = torch.Generator().manual_seed(int(seed) + 1)
         plan["fit"] = torch.randperm(n, generator=g)[:m].sort().values
         k = min(5, n)
-        need = 3 if (mt.alignment == "ridge" and mt.distance_metric == "mahalanobis") else 2
+        need = 3 if (mt.alignment == "ridge" and maha) else 2
         if k < need:
             raise ValueError(f"cross-fitting needs at least {need} folds, got N={n}")
         plan["folds"] = ridge_folds(n, k, seed)
@@ -590,6 +594,7 @@ def precompute(
     calibration_size: int = 1024,
     dtype: torch.dtype | None = None,
     anchors: Sequence[int] | None = None,
+    outputs: Mapping[str, str | Path] | None = None,
     _after_shard: Callable[[int], None] | None = None,
 ) -> MetaTokenDifficultyDataset:
     """Run both models once over ``samples`` and write the difficulty file (and labels).
@@ -625,6 +630,11 @@ def precompute(
             pairs (``torch.bfloat16`` autocasts, also on CPU); None = CUDA bf16, CPU the model's own.
         anchors (Sequence[int] | None): explicit anchor indices for ``relative`` (default: a seeded draw
             of ``num_anchors``).
+        outputs (Mapping[str, str | Path] | None): extra difficulty files from the *same* model passes,
+            ``{metric: path}`` with a metric of :data:`torch_curriculum.difficulty.METRICS` (``l2``,
+            ``cosine``, ``coord_softmax_kl``, ``mahalanobis``) under the configured pooling and
+            alignment. Each is a complete difficulty file (as if ``distance_metric`` were that metric;
+            its provenance names the metric), resumed and skipped like ``path``. Defaults to None.
 
     Returns:
         MetaTokenDifficultyDataset: the opened file (on every rank).
@@ -637,6 +647,8 @@ def precompute(
 
     Example:
         >>> ds = precompute(samples, (cloud, tok_c), (edge, tok_e), "difficulty.safetensors")  # doctest: +SKIP
+        >>> ds = precompute(samples, cloud, edge, "l2.safetensors",                             # doctest: +SKIP
+        ...                 outputs={"mahalanobis": "maha.safetensors"})  # one pass, two files
     """
     cfg = config or CurriculumConfig()
     mt = cfg.meta_token
@@ -665,8 +677,10 @@ def precompute(
             if not getattr(ex.tokenizer, "chat_template", None):
                 raise ValueError(f"use_chat_template=True but the {side} tokenizer has no chat template; "
                                  "pass use_chat_template=False or a tokenizer with one")
-    plan = _plan(n, cfg, calibration_size, anchors)
     path = Path(path)
+    targets = _targets(path, cfg, outputs)  # [(path, config of that file)], the primary first
+    run_metrics = sorted({c.meta_token.distance_metric for _, c in targets})
+    plan = _plan(n, cfg, calibration_size, anchors, run_metrics)
     work = Path(work_dir) if work_dir is not None else path.with_name(path.name + ".work")
     dialogue = dialogue_input(samples)
     info = {"cloud": {**_model_info(cloud_ex.model, cloud_ex.tokenizer), **cloud_ex.describe()},
@@ -678,7 +692,7 @@ def precompute(
               "num_samples": n, "fingerprint": fingerprint}
     # what the shards depend on: not the metric (l2, cosine and kl are all stored, and Mahalanobis under
     # relative alignment is computed at the merge), so runs that differ only in metric share the shards
-    shard_metrics = list(_CHEAP_METRICS) + (["mahalanobis"] if mt.distance_metric == "mahalanobis"
+    shard_metrics = list(_CHEAP_METRICS) + (["mahalanobis"] if "mahalanobis" in run_metrics
                                             and mt.alignment != "relative" else [])
     signal = {"metrics": shard_metrics, "kl_temperature": mt.kl_temperature, "alignment": mt.alignment,
               "layer_map": mt.layer_map, "ridge_alpha": mt.ridge_alpha, "seed": cfg.training.seed,
@@ -687,28 +701,34 @@ def precompute(
     calib_key = hashlib.sha256(_json({"models": info, "inputs": inputs, "signal": signal,
                                       "library_version": __version__}).encode()).hexdigest()
     shard_key = hashlib.sha256(_json({"calibration_key": calib_key, "shard_size": shard_size}).encode()).hexdigest()
-    scoring = _scoring_settings(cfg)
-    run_key = hashlib.sha256(_json({"shard_key": shard_key, "scoring": scoring,
-                                    "calibration_size": int(calibration_size)}).encode()).hexdigest()
+    # one run key per output file: the shards (which hold the run's signals) and that file's scoring
+    run_keys = [hashlib.sha256(_json({"shard_key": shard_key, "scoring": _scoring_settings(c),
+                                      "calibration_size": int(calibration_size)}).encode()).hexdigest()
+                for _, c in targets]
     rank, world = _dist()
 
-    if path.exists() and not overwrite:
-        try:
-            existing = MetaTokenDifficultyDataset(path)
-        except DifficultyFileError:
-            existing = None
-        if existing is not None and existing.metadata.get("run_key") == run_key:
-            logger.info("%s already holds this run's results; opening it", path)
-            err = None
-            if rank == 0 and labels_path is not None and not Path(labels_path).exists():
-                try:  # a run killed between the two writes
-                    existing.write_labels(labels_path)
-                except BaseException as e:
-                    err = e
-            _sync_errors(err, "writing labels")
-            return existing
-        raise FileExistsError(f"{path} exists and holds the results of another run; pass overwrite=True "
-                              "or choose another path")
+    done = [False] * len(targets)
+    for t, ((p, _c), key) in enumerate(zip(targets, run_keys)):
+        if p.exists() and not overwrite:
+            try:
+                existing = MetaTokenDifficultyDataset(p)
+            except DifficultyFileError:
+                existing = None
+            if existing is None or existing.metadata.get("run_key") != key:
+                raise FileExistsError(f"{p} exists and holds the results of another run; pass overwrite=True "
+                                      "or choose another path")
+            done[t] = True
+    if all(done):
+        existing = MetaTokenDifficultyDataset(path)
+        logger.info("%s already holds this run's results; opening it", path)
+        err = None
+        if rank == 0 and labels_path is not None and not Path(labels_path).exists():
+            try:  # a run killed between the two writes
+                existing.write_labels(labels_path)
+            except BaseException as e:
+                err = e
+        _sync_errors(err, "writing labels")
+        return existing
     if labels_path is not None and Path(labels_path).exists() and not overwrite:
         raise FileExistsError(f"label file {labels_path} exists; pass overwrite=True or choose another path")
 
@@ -731,7 +751,7 @@ def precompute(
     except BaseException as e:
         err = e
     _sync_errors(err, "the calibration pass")
-    calib, layer_map = _load_calibration(work / _CALIB_FILE, plan, mt)
+    calib, layer_map = _load_calibration(work / _CALIB_FILE, plan, mt, shard_metrics)
     n_layers = calib.num_layers
     if mt.top_k > n_layers:
         raise ValueError(f"meta_token.top_k={mt.top_k} exceeds the {n_layers} compared (edge) layers")
@@ -772,52 +792,91 @@ def precompute(
             bar.close()
     _sync_errors(err, "computing shards")
 
-    # -- merge (rank 0)
+    # -- merge (rank 0): every output file from the same shards
     err = None
     if rank == 0:
         try:
-            if mt.distance_metric == "mahalanobis" and mt.alignment == "relative":
-                raw = _merge_relative_mahalanobis(work, n_shards, ids, plan)
-            else:
-                raw = merge_signal(work, n_shards, signal_name(mt.distance_metric), ids)
-            align_info: dict[str, Any] = {"method": mt.alignment}
-            extra: dict[str, Any] = {}
-            if plan["anchors"] is not None:
-                a = plan["anchors"]
-                align_info.update(num_anchors=len(a), anchors=a.tolist(), anchor_ids=[ids[x] for x in a.tolist()],
-                                  centring="anchor mean per model and layer", seed=cfg.training.seed,
-                                  self_scoring="leave-one-out: an anchor is described by the other K-1 anchors")
-                centres = calib.centres()
-                extra.update({"alignment.anchors": a, "alignment.cloud_centre": centres["cloud"],
-                              "alignment.edge_centre": centres["edge"]})
-            if plan["fit"] is not None:
-                align_info.update(calibration_size=len(plan["fit"]), folds=plan["num_folds"], seed=cfg.training.seed,
-                                  cross_fitting="a sample of fold f is scored by maps/covariances fitted on "
-                                                "calibration samples of the other folds")
-                extra["calibration.fit_index"] = plan["fit"]
-            if mt.distance_metric == "mahalanobis" and mt.alignment == "relative":
-                align_info.update(covariance_fit_size=len(plan["delta_fit"]), folds=plan["delta_num_folds"],
-                                  covariance="Ledoit-Wolf of anchor-coordinate deltas of non-anchor calibration "
-                                             "samples of the other folds; an anchor uses its K-1 coordinates")
-                extra["calibration.fit_index"] = plan["delta_fit"]
-            if mt.alignment == "ridge":
-                align_info.update(alpha=mt.ridge_alpha, space="standardised cloud space, cross-fitted")
-            provenance = {"models": info, "inputs": inputs, "layer_map": layer_map, "alignment": align_info,
-                          "pooling": {"cloud": info["cloud"]["pooling"], "edge": info["edge"]["pooling"]},
-                          "signal": signal_name(mt.distance_metric), "shard_size": shard_size}
-            tensors, meta = _finalise(raw, ids, cfg, provenance, fingerprint, run_key=run_key)
-            tensors.update(extra)
-            _remove_stale_temps(path)
-            write_safetensors(path, tensors, meta)
-            if labels_path is not None:
+            for (out_path, ocfg), key, skip in zip(targets, run_keys, done):
+                if skip:
+                    continue
+                tensors, meta = _merge_file(work, n_shards, ids, plan, calib, ocfg, info, inputs, layer_map,
+                                            shard_size, fingerprint, key)
+                _remove_stale_temps(out_path)
+                write_safetensors(out_path, tensors, meta)
+            if labels_path is not None and (not done[0] or not Path(labels_path).exists()):
                 _remove_stale_temps(Path(labels_path))
-                MetaTokenDifficultyDataset(path).write_labels(labels_path, overwrite=overwrite)
+                MetaTokenDifficultyDataset(path).write_labels(labels_path, overwrite=overwrite or done[0])
             if not keep_work_dir:
                 _remove_work_dir(work)
         except BaseException as e:
             err = e
     _sync_errors(err, "merging shards")
     return MetaTokenDifficultyDataset(path)
+
+
+def _targets(path: Path, cfg: CurriculumConfig, outputs: Mapping[str, str | Path] | None
+             ) -> list[tuple[Path, CurriculumConfig]]:
+    """The output files of one run and the config each is finalised with (the primary first)."""
+    from .difficulty import METRICS
+
+    targets = [(path, cfg)]
+    if outputs is None:
+        return targets
+    if not isinstance(outputs, Mapping):
+        raise TypeError(f"outputs must be a mapping {{metric: path}}, got {type(outputs).__name__}")
+    seen = {path.resolve(): "the primary path"}
+    for metric, p in outputs.items():
+        if metric not in METRICS:
+            raise ValueError(f"outputs: unknown signal {metric!r}; expected a distance metric of the configured "
+                             f"pooling and alignment: {', '.join(METRICS)}")
+        p = Path(p)
+        if p.resolve() in seen:
+            raise ValueError(f"outputs[{metric!r}]: {p} is also {seen[p.resolve()]}; every output needs its own file")
+        seen[p.resolve()] = f"outputs[{metric!r}]"
+        ocfg = copy.deepcopy(cfg)
+        ocfg.meta_token.distance_metric = metric
+        targets.append((p, ocfg))
+    return targets
+
+
+def _merge_file(work: Path, n_shards: int, ids: list[str], plan: dict[str, Any], calib: Calibration,
+                cfg: CurriculumConfig, info: dict[str, Any], inputs: dict[str, Any], layer_map: Sequence[int],
+                shard_size: int, fingerprint: str, run_key: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensors and metadata of one difficulty file (``cfg``'s metric) from the shards of a work dir."""
+    mt = cfg.meta_token
+    rel_maha = mt.distance_metric == "mahalanobis" and mt.alignment == "relative"
+    if rel_maha:
+        raw = _merge_relative_mahalanobis(work, n_shards, ids, plan)
+    else:
+        raw = merge_signal(work, n_shards, signal_name(mt.distance_metric), ids)
+    align_info: dict[str, Any] = {"method": mt.alignment}
+    extra: dict[str, Any] = {}
+    if plan["anchors"] is not None:
+        a = plan["anchors"]
+        align_info.update(num_anchors=len(a), anchors=a.tolist(), anchor_ids=[ids[x] for x in a.tolist()],
+                          centring="anchor mean per model and layer", seed=cfg.training.seed,
+                          self_scoring="leave-one-out: an anchor is described by the other K-1 anchors")
+        centres = calib.centres()
+        extra.update({"alignment.anchors": a, "alignment.cloud_centre": centres["cloud"],
+                      "alignment.edge_centre": centres["edge"]})
+    if plan["fit"] is not None:
+        align_info.update(calibration_size=len(plan["fit"]), folds=plan["num_folds"], seed=cfg.training.seed,
+                          cross_fitting="a sample of fold f is scored by maps/covariances fitted on "
+                                        "calibration samples of the other folds")
+        extra["calibration.fit_index"] = plan["fit"]
+    if rel_maha:
+        align_info.update(covariance_fit_size=len(plan["delta_fit"]), folds=plan["delta_num_folds"],
+                          covariance="Ledoit-Wolf of anchor-coordinate deltas of non-anchor calibration "
+                                     "samples of the other folds; an anchor uses its K-1 coordinates")
+        extra["calibration.fit_index"] = plan["delta_fit"]
+    if mt.alignment == "ridge":
+        align_info.update(alpha=mt.ridge_alpha, space="standardised cloud space, cross-fitted")
+    provenance = {"models": info, "inputs": inputs, "layer_map": layer_map, "alignment": align_info,
+                  "pooling": {"cloud": info["cloud"]["pooling"], "edge": info["edge"]["pooling"]},
+                  "signal": signal_name(mt.distance_metric), "shard_size": shard_size}
+    tensors, meta = _finalise(raw, ids, cfg, provenance, fingerprint, run_key=run_key)
+    tensors.update(extra)
+    return tensors, meta
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -988,7 +1047,8 @@ def _write_calibration(p: Path, key: str, index: torch.Tensor, samples: Sequence
                       {"format": _CALIB_SCHEMA, "calibration_key": key, "layer_map": _json(layer_map)})
 
 
-def _load_calibration(p: Path, plan: dict[str, Any], mt: Any) -> tuple[Calibration, list[int]]:
+def _load_calibration(p: Path, plan: dict[str, Any], mt: Any,
+                      metrics: Sequence[str] | None = None) -> tuple[Calibration, list[int]]:
     header, start = read_safetensors_header(p)
     meta = header.get("__metadata__") or {}
     layer_map = json.loads(meta["layer_map"])
@@ -999,7 +1059,7 @@ def _load_calibration(p: Path, plan: dict[str, Any], mt: Any) -> tuple[Calibrati
     edge = torch.from_numpy(np.array(_memmap(p, header, start, "edge")))
     calib = Calibration(index, cloud, edge, alignment=mt.alignment, metric=mt.distance_metric,
                         anchors=plan["anchors"], folds=plan["folds"], fit=plan["fit"], alpha=mt.ridge_alpha,
-                        kl_temperature=mt.kl_temperature)
+                        kl_temperature=mt.kl_temperature, metrics=metrics)
     return calib, layer_map
 
 
