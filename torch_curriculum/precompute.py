@@ -558,6 +558,17 @@ def _plan(n: int, cfg: CurriculumConfig, calibration_size: int, anchors: Sequenc
         plan["delta_fit"] = fit[~torch.isin(fit, plan["anchors"])]
         plan["delta_num_folds"] = min(5, n)
         plan["delta_folds"] = ridge_folds(n, plan["delta_num_folds"], seed)
+        if maha:  # fail before any model runs, naming the numbers (the merge would fail after all passes)
+            fit_folds = plan["delta_folds"][plan["delta_fit"]]
+            for f in range(plan["delta_num_folds"]):
+                have = int((fit_folds != f).sum())
+                if have < 2:
+                    raise ValueError(
+                        f"mahalanobis with alignment='relative': the covariance of fold {f} is fitted on the "
+                        f"non-anchor calibration samples of the other folds, and there are {have} (N={n} samples, "
+                        f"K={len(plan['anchors'])} anchors (meta_token.num_anchors={mt.num_anchors}), "
+                        f"calibration_size={calibration_size}); at least 2 are needed: use more samples than "
+                        "num_anchors (a few times more), fewer anchors, or a larger calibration_size")
     if mt.alignment == "ridge" or (maha and mt.alignment != "relative"):
         if calibration_size < 2:
             raise ValueError(f"calibration_size must be >= 2, got {calibration_size}")
