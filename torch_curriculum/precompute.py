@@ -119,9 +119,19 @@ DELTA = "meta_token_delta"
 _CHEAP_METRICS = ("l2", "cosine", "coord_softmax_kl")
 
 
-def signal_name(metric: str) -> str:
-    """The shard signal holding the ``metric`` distances, e.g. ``meta_token_distance.l2``."""
-    return f"{SIGNAL}.{metric}"
+def signal_name(metric: str, family: str = "meta") -> str:
+    """The shard signal holding the ``metric`` distances, e.g. ``meta_token_distance.l2``
+    (``response_meta_token_distance.l2`` for the response-conditioned family)."""
+    return f"{SIGNAL}.{metric}" if family == "meta" else f"{family}_{SIGNAL}.{metric}"
+
+
+def _delta_name(family: str) -> str:
+    return DELTA if family == "meta" else f"{family}_{DELTA}"
+
+
+#: cross-model signals stored per shard as one ``[n, L]`` array each (``knn_agreement`` is computed
+#: from the response vectors and the calibration samples as the reference set)
+_XM_SCALARS = ("logit_lens_gap", "edge_bpb", "vocab_kl", "uld")
 #: fewest samples precompute accepts. With ``relative`` alignment an anchor is described by the other
 #: anchors (K-1 of them); with fewer than 3 the centred space collapses to a line (2 samples gave
 #: distances ~1e-16 and one stage for everything), and percentiles / 3 stages over < 4 samples mean
@@ -690,8 +700,32 @@ def precompute(
                                  "pass use_chat_template=False or a tokenizer with one")
     path = Path(path)
     targets = _targets(path, cfg, outputs)  # [(path, config of that file)], the primary first
-    run_metrics = sorted({c.meta_token.distance_metric for _, c in targets})
+    kinds = [_kind(c.meta_token.signal) for _, c in targets]
+    family = "meta" if mt.signal == "meta" else "response"
+    run_metrics = sorted({c.meta_token.distance_metric for (_, c), k in zip(targets, kinds) if k == "vec"})
+    xm_names = sorted({c.meta_token.signal for (_, c), k in zip(targets, kinds) if k != "vec"})
+    needs_vectors = any(k in ("vec", "knn") for k in kinds)
+    xm = None
+    if family != "meta" or xm_names:
+        if not dialogue_input(samples):
+            raise ValueError(f"meta_token.signal={mt.signal!r} (or a cross-model output) reads the response: pass "
+                             "DialogueSamples (persona, context, response), not prompts")
+        if use_chat_template:
+            raise ValueError(f"meta_token.signal={mt.signal!r}: cross-model signals use the plain prompt layout; "
+                             "pass use_chat_template=False")
+        from .crossmodel import CrossModelSignals
+
+        xm = CrossModelSignals(cloud_ex.model, cloud_ex.tokenizer, edge_ex.model, edge_ex.tokenizer,
+                               layer_map=mt.layer_map, pooling="mean" if mt.pooling == "meta" else mt.pooling,
+                               max_length=mt.max_length, truncation="left", batch_size=mt.batch_size,
+                               knn_k=mt.knn_k)
     plan = _plan(n, cfg, calibration_size, anchors, run_metrics)
+    if not needs_vectors:
+        plan["index"] = torch.empty(0, dtype=torch.long)
+    elif "knn_agreement" in xm_names and len(plan["index"]) - 1 < mt.knn_k:
+        raise ValueError(f"meta_token.knn_k={mt.knn_k}: the k-NN reference set is the {len(plan['index'])} calibration "
+                         "samples (anchors / fit set) and a reference sample is scored against the others; use a "
+                         "smaller knn_k or more anchors")
     work = Path(work_dir) if work_dir is not None else path.with_name(path.name + ".work")
     dialogue = dialogue_input(samples)
     info = {"cloud": {**_model_info(cloud_ex.model, cloud_ex.tokenizer), **cloud_ex.describe()},
@@ -703,12 +737,17 @@ def precompute(
               "num_samples": n, "fingerprint": fingerprint}
     # what the shards depend on: not the metric (l2, cosine and kl are all stored, and Mahalanobis under
     # relative alignment is computed at the merge), so runs that differ only in metric share the shards
-    shard_metrics = list(_CHEAP_METRICS) + (["mahalanobis"] if "mahalanobis" in run_metrics
-                                            and mt.alignment != "relative" else [])
+    shard_metrics = (list(_CHEAP_METRICS) + (["mahalanobis"] if "mahalanobis" in run_metrics
+                                             and mt.alignment != "relative" else [])) if run_metrics else []
     signal = {"metrics": shard_metrics, "kl_temperature": mt.kl_temperature, "alignment": mt.alignment,
               "layer_map": mt.layer_map, "ridge_alpha": mt.ridge_alpha, "seed": cfg.training.seed,
               "anchors": None if plan["anchors"] is None else plan["anchors"].tolist(),
               "fit_size": None if plan["fit"] is None else len(plan["fit"]), "folds": plan["num_folds"]}
+    crossmodel_info = None
+    if xm is not None:  # only then, so that the keys of prompt-only runs stay what they were
+        crossmodel_info = {**xm.describe(), "vector_family": family, "signals": xm_names,
+                           "prompt_layout": "format_prompts, plain (no chat template)"}
+        signal.update(family=family, crossmodel=crossmodel_info, knn_k=mt.knn_k)
     calib_key = hashlib.sha256(_json({"models": info, "inputs": inputs, "signal": signal,
                                       "library_version": __version__}).encode()).hexdigest()
     shard_key = hashlib.sha256(_json({"calibration_key": calib_key, "shard_size": shard_size}).encode()).hexdigest()
@@ -756,14 +795,23 @@ def precompute(
     # -- calibration (rank 0 computes and writes; every rank reads)
     err = None
     try:
-        if rank == 0 and not _calibration_ok(work / _CALIB_FILE, calib_key):
+        if needs_vectors and rank == 0 and not _calibration_ok(work / _CALIB_FILE, calib_key):
             _write_calibration(work / _CALIB_FILE, calib_key, plan["index"], samples, cloud_ex, edge_ex, mt,
-                               dialogue, use_chat_template, ids)
+                               dialogue, use_chat_template, ids, xm=xm if family != "meta" else None)
     except BaseException as e:
         err = e
     _sync_errors(err, "the calibration pass")
-    calib, layer_map = _load_calibration(work / _CALIB_FILE, plan, mt, shard_metrics)
-    n_layers = calib.num_layers
+    reference = None
+    if needs_vectors:
+        calib, layer_map = _load_calibration(work / _CALIB_FILE, plan, mt, shard_metrics)
+        n_layers = calib.num_layers
+        if "knn_agreement" in xm_names:
+            from .crossmodel import KnnReference
+
+            reference = KnnReference(calib.cloud.numpy(), calib.edge.numpy(),
+                                     tuple(ids[g] for g in calib.index.tolist()))
+    else:
+        calib, layer_map, n_layers = None, list(xm.layer_map), xm.num_layers
     if mt.top_k > n_layers:
         raise ValueError(f"meta_token.top_k={mt.top_k} exceeds the {n_layers} compared (edge) layers")
 
@@ -784,10 +832,8 @@ def precompute(
             # each model's pass is half of a sample's work, so the bar (and its samples/s)
             # moves during the cloud pass too; whole samples only, the shard ends exact
             half = _half_progress(bar) if bar is not None else None
-            c_vec, e_vec = _shard_vectors(samples, lo, hi, calib, cloud_ex, edge_ex, mt, dialogue, use_chat_template,
-                                          ids, layer_map, progress=half)
-            signals = meta_token_signals(c_vec, e_vec, torch.arange(lo, hi), calib)
-            del c_vec, e_vec
+            signals = _shard_signals(samples, lo, hi, calib, cloud_ex, edge_ex, mt, dialogue, use_chat_template,
+                                     ids, layer_map, half, xm, family, shard_metrics, xm_names, reference)
             utf8, offsets = _encode_ids(ids[lo:hi])
             write_safetensors(work / f"shard_{i:06d}.safetensors",
                               {**{f"signals.{k}": v for k, v in signals.items()},
@@ -811,7 +857,7 @@ def precompute(
                 if skip:
                     continue
                 tensors, meta = _merge_file(work, n_shards, ids, plan, calib, ocfg, info, inputs, layer_map,
-                                            shard_size, fingerprint, key)
+                                            shard_size, fingerprint, key, family, crossmodel_info)
                 _remove_stale_temps(out_path)
                 write_safetensors(out_path, tensors, meta)
             if labels_path is not None and (not done[0] or not Path(labels_path).exists()):
@@ -831,35 +877,59 @@ def _targets(path: Path, cfg: CurriculumConfig, outputs: Mapping[str, str | Path
     from .difficulty import METRICS
 
     targets = [(path, cfg)]
+    primary = cfg.meta_token.signal
     if outputs is None:
         return targets
     if not isinstance(outputs, Mapping):
         raise TypeError(f"outputs must be a mapping {{metric: path}}, got {type(outputs).__name__}")
     seen = {path.resolve(): "the primary path"}
     for metric, p in outputs.items():
-        if metric not in METRICS:
+        xm_ok = [x for x in _XM_SCALARS] + (["knn_agreement"] if primary != "meta" else [])
+        if metric not in METRICS and metric not in xm_ok:
             raise ValueError(f"outputs: unknown signal {metric!r}; expected a distance metric of the configured "
-                             f"pooling and alignment: {', '.join(METRICS)}")
+                             f"pooling and alignment ({', '.join(METRICS)}) or a cross-model signal "
+                             f"({', '.join(xm_ok)}; 'knn_agreement' needs a response-conditioned "
+                             "meta_token.signal, whose metrics are the metric keys)")
         p = Path(p)
         if p.resolve() in seen:
             raise ValueError(f"outputs[{metric!r}]: {p} is also {seen[p.resolve()]}; every output needs its own file")
         seen[p.resolve()] = f"outputs[{metric!r}]"
         ocfg = copy.deepcopy(cfg)
-        ocfg.meta_token.distance_metric = metric
+        if metric in METRICS:
+            ocfg.meta_token.distance_metric = metric
+            if _kind(primary) != "vec":  # the metrics of a cross-model run compare response vectors
+                ocfg.meta_token.signal = "response"
+        else:
+            ocfg.meta_token.signal = metric
         targets.append((p, ocfg))
     return targets
 
 
+def _kind(signal: str) -> str:
+    """``vec`` (meta-token distances of a metric), ``knn`` or ``scalar`` (a cross-model array)."""
+    return "vec" if signal in ("meta", "response") else "knn" if signal == "knn_agreement" else "scalar"
+
+
 def _merge_file(work: Path, n_shards: int, ids: list[str], plan: dict[str, Any], calib: Calibration,
                 cfg: CurriculumConfig, info: dict[str, Any], inputs: dict[str, Any], layer_map: Sequence[int],
-                shard_size: int, fingerprint: str, run_key: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """The tensors and metadata of one difficulty file (``cfg``'s metric) from the shards of a work dir."""
+                shard_size: int, fingerprint: str, run_key: str, family: str = "meta",
+                crossmodel: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensors and metadata of one difficulty file (``cfg``'s metric or signal) from the shards."""
     mt = cfg.meta_token
+    kind = _kind(mt.signal)
+    if kind != "vec":
+        raw = merge_signal(work, n_shards, mt.signal, ids)
+        provenance = {"models": info, "inputs": inputs, "layer_map": layer_map, "signal": mt.signal,
+                      "crossmodel": crossmodel, "shard_size": shard_size}
+        if kind == "knn":
+            provenance["knn_reference"] = {"sample_index": plan["index"].tolist(), "k": mt.knn_k,
+                                           "self_scoring": "a reference sample is scored against the others"}
+        return _finalise(raw, ids, cfg, provenance, fingerprint, run_key=run_key)
     rel_maha = mt.distance_metric == "mahalanobis" and mt.alignment == "relative"
     if rel_maha:
-        raw = _merge_relative_mahalanobis(work, n_shards, ids, plan)
+        raw = _merge_relative_mahalanobis(work, n_shards, ids, plan, family)
     else:
-        raw = merge_signal(work, n_shards, signal_name(mt.distance_metric), ids)
+        raw = merge_signal(work, n_shards, signal_name(mt.distance_metric, family), ids)
     align_info: dict[str, Any] = {"method": mt.alignment}
     extra: dict[str, Any] = {}
     if plan["anchors"] is not None:
@@ -884,7 +954,9 @@ def _merge_file(work: Path, n_shards: int, ids: list[str], plan: dict[str, Any],
         align_info.update(alpha=mt.ridge_alpha, space="standardised cloud space, cross-fitted")
     provenance = {"models": info, "inputs": inputs, "layer_map": layer_map, "alignment": align_info,
                   "pooling": {"cloud": info["cloud"]["pooling"], "edge": info["edge"]["pooling"]},
-                  "signal": signal_name(mt.distance_metric), "shard_size": shard_size}
+                  "signal": signal_name(mt.distance_metric, family), "shard_size": shard_size}
+    if crossmodel is not None:
+        provenance["crossmodel"] = crossmodel
     tensors, meta = _finalise(raw, ids, cfg, provenance, fingerprint, run_key=run_key)
     tensors.update(extra)
     return tensors, meta
@@ -899,21 +971,23 @@ def _shard_files(work: Path, n_shards: int):
         yield p, header, start, int(meta["start"]), int(meta["stop"])
 
 
-def _merge_relative_mahalanobis(work: Path, n_shards: int, ids: Sequence[str], plan: dict[str, Any]) -> torch.Tensor:
+def _merge_relative_mahalanobis(work: Path, n_shards: int, ids: Sequence[str], plan: dict[str, Any],
+                                family: str = "meta") -> torch.Tensor:
     """Mahalanobis distances from the shards' anchor-coordinate deltas, streamed twice: first the
     deltas of the calibration samples (at most ``calibration_size`` x L x K), from which one Ledoit-Wolf
     precision per fold and layer is fitted on the other folds' samples; then every shard's distances.
     An anchor's delta has K-1 coordinates (its own is left out), and its covariance is fitted on the
     same K-1 coordinates."""
-    merge_signal(work, n_shards, signal_name("l2"), ids)  # checks every shard's ids and that they tile N
+    merge_signal(work, n_shards, signal_name("l2", family), ids)  # checks every shard's ids and that they tile N
+    delta_name = _delta_name(family)
     fit, folds, anchors = plan["delta_fit"], plan["delta_folds"], plan["anchors"]
     anchor_pos = {int(a): p for p, a in enumerate(anchors.tolist())}
     want = set(fit.tolist())
     rows: dict[int, torch.Tensor] = {}
     for p, header, start, lo, hi in _shard_files(work, n_shards):
-        if f"signals.{DELTA}" not in header:
-            raise DifficultyFileError(f"{p}: no signal {DELTA!r} (needed for mahalanobis)")
-        d = _memmap(p, header, start, f"signals.{DELTA}")
+        if f"signals.{delta_name}" not in header:
+            raise DifficultyFileError(f"{p}: no signal {delta_name!r} (needed for mahalanobis)")
+        d = _memmap(p, header, start, f"signals.{delta_name}")
         for g in range(lo, hi):
             if g in want:
                 rows[g] = torch.from_numpy(np.array(d[g - lo])).double()
@@ -935,7 +1009,7 @@ def _merge_relative_mahalanobis(work: Path, n_shards: int, ids: Sequence[str], p
 
     out = torch.empty(len(ids), n_layers, dtype=torch.float64)
     for p, header, start, lo, hi in _shard_files(work, n_shards):
-        d = torch.from_numpy(np.array(_memmap(p, header, start, f"signals.{DELTA}"))).double()
+        d = torch.from_numpy(np.array(_memmap(p, header, start, f"signals.{delta_name}"))).double()
         for g in range(lo, hi):
             f = int(folds[g])
             pos = anchor_pos.get(g)
@@ -954,9 +1028,19 @@ def _merge_relative_mahalanobis(work: Path, n_shards: int, ids: Sequence[str], p
 
 def _extract_pair(chunk: Sequence[Any], rows: Sequence[int], cloud_ex: Any, edge_ex: Any, mt: Any, dialogue: bool,
                   use_chat_template: bool, ids: Sequence[str], layer_map: Sequence[int] | None,
-                  progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  progress: Callable[[int], None] | None = None, xm: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Both models' pooled vectors of one chunk (``rows``: the chunk's global indices); the cloud's at
-    the mapped layers (all when None). Errors name global sample indices and ids, not chunk rows."""
+    the mapped layers (all when None). Errors name global sample indices and ids, not chunk rows.
+    With ``xm`` (a :class:`~torch_curriculum.crossmodel.CrossModelSignals`): the response-conditioned
+    vectors, cloud already mapped by ``xm.layer_map``."""
+    if xm is not None:
+        try:
+            out = xm.compute(_pairs(chunk, xm, mt), ["response"])
+        except ValueError as e:
+            raise ValueError(_globalise(str(e).replace("sample ", "prompt "), rows, ids)) from e
+        if progress is not None:
+            progress(2 * len(chunk))
+        return (torch.from_numpy(out["response_cloud"]).float(), torch.from_numpy(out["response_edge"]).float())
     out = []
     for side, ex in (("cloud", cloud_ex), ("edge", edge_ex)):
         try:
@@ -977,7 +1061,7 @@ def _extract_pair(chunk: Sequence[Any], rows: Sequence[int], cloud_ex: Any, edge
 
 def _shard_vectors(samples: Sequence[Any], lo: int, hi: int, calib: Calibration, cloud_ex: Any, edge_ex: Any,
                    mt: Any, dialogue: bool, use_chat_template: bool, ids: Sequence[str], layer_map: Sequence[int],
-                   progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   progress: Callable[[int], None] | None = None, xm: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Vectors of samples ``lo..hi-1``: calibration samples' from the calibration pass (they are not run
     twice), the others from both models."""
     need = [g for g in range(lo, hi) if g not in calib._row]
@@ -992,7 +1076,7 @@ def _shard_vectors(samples: Sequence[Any], lo: int, hi: int, calib: Calibration,
             progress(2 * len(have))
     if need:
         cn, en = _extract_pair([samples[g] for g in need], need, cloud_ex, edge_ex, mt, dialogue, use_chat_template,
-                               ids, layer_map, progress=progress)
+                               ids, layer_map, progress=progress, xm=xm)
         if cn.shape[1:] != c.shape[1:] or en.shape[1:] != e.shape[1:]:
             raise ValueError(f"samples {lo}..{hi - 1}: the models returned [{cn.shape[1]}, {cn.shape[2]}] (cloud) and "
                              f"[{en.shape[1]}, {en.shape[2]}] (edge) per sample, the calibration pass "
@@ -1000,6 +1084,52 @@ def _shard_vectors(samples: Sequence[Any], lo: int, hi: int, calib: Calibration,
         local = torch.tensor(need) - lo
         c[local], e[local] = cn, en
     return c, e
+
+
+def _pairs(chunk: Sequence[Any], xm: Any, mt: Any) -> list[tuple[Any, str]]:
+    """``(prompt, response)`` pairs of dialogue samples for the cross-model signals (plain prompt
+    layout, ``max_context_turns`` and the system prompt of the config)."""
+    from .data import format_prompts
+
+    prompts = format_prompts(chunk, system_prompt=mt.system_prompt, max_context_turns=mt.max_context_turns,
+                             tokenizer=xm.tokenizers["edge"], use_chat_template=False, max_length=mt.max_length)
+    return [(p, s.response) for p, s in zip(prompts, chunk)]
+
+
+def _shard_signals(samples: Sequence[Any], lo: int, hi: int, calib: Calibration | None, cloud_ex: Any, edge_ex: Any,
+                   mt: Any, dialogue: bool, use_chat_template: bool, ids: Sequence[str], layer_map: Sequence[int],
+                   progress: Callable[[int], None] | None, xm: Any, family: str, shard_metrics: Sequence[str],
+                   xm_names: Sequence[str], reference: Any) -> dict[str, torch.Tensor]:
+    """Every named ``[n, L]`` signal of samples ``lo..hi-1`` (and the relative deltas)."""
+    signals: dict[str, torch.Tensor] = {}
+    if calib is not None:
+        c_vec, e_vec = _shard_vectors(samples, lo, hi, calib, cloud_ex, edge_ex, mt, dialogue, use_chat_template,
+                                      ids, layer_map, progress=progress, xm=xm if family != "meta" else None)
+        if shard_metrics:
+            for k, v in meta_token_signals(c_vec, e_vec, torch.arange(lo, hi), calib).items():
+                base = k[len(SIGNAL) + 1:] if k.startswith(SIGNAL + ".") else None
+                signals[_delta_name(family) if k == DELTA else signal_name(base, family)] = v
+        if "knn_agreement" in xm_names:
+            from .crossmodel import knn_agreement
+
+            signals["knn_agreement"] = torch.from_numpy(knn_agreement(
+                c_vec.double().numpy(), e_vec.double().numpy(), reference, k=mt.knn_k,
+                self_index=reference.self_index(ids[lo:hi])))
+        del c_vec, e_vec
+    scalars = [x for x in xm_names if x in _XM_SCALARS]
+    if scalars:  # one more pass over the shard: prompt + response, whatever the meta-token family
+        rows = list(range(lo, hi))
+        try:
+            out = xm.compute(_pairs([samples[g] for g in rows], xm, mt), scalars)
+        except ValueError as e:
+            raise ValueError(_globalise(str(e).replace("sample ", "prompt "), rows, ids)) from e
+        for x in scalars:
+            v = torch.from_numpy(np.ascontiguousarray(out[x], dtype=np.float64))
+            if not bool(torch.isfinite(v).all()):
+                bad = (~torch.isfinite(v)).any(1).nonzero()[:, 0].tolist()
+                raise ValueError(f"{x} is NaN/Inf for sample(s) {[ids[lo + r] for r in bad[:10]]}")
+            signals[x] = v
+    return signals
 
 
 def _globalise(msg: str, rows: Sequence[int], ids: Sequence[str]) -> str:
@@ -1032,14 +1162,14 @@ def _calibration_ok(p: Path, key: str) -> bool:
 
 
 def _write_calibration(p: Path, key: str, index: torch.Tensor, samples: Sequence[Any], cloud_ex: Any, edge_ex: Any,
-                       mt: Any, dialogue: bool, use_chat_template: bool, ids: Sequence[str]) -> None:
+                       mt: Any, dialogue: bool, use_chat_template: bool, ids: Sequence[str], xm: Any = None) -> None:
     """Run both models on the calibration samples (chunks of ``batch_size`` at a time, so memory is
     bounded by the calibration set's vectors) and write them with the resolved layer map."""
     idx = index.tolist()
     probe = idx[:1] if idx else [0]
     c0, e0 = _extract_pair([samples[i] for i in probe], probe, cloud_ex, edge_ex, mt, dialogue,
-                           use_chat_template, ids, None)
-    layer_map = resolve_layer_map(mt.layer_map, e0.shape[1], c0.shape[1])
+                           use_chat_template, ids, None, xm=xm)
+    layer_map = list(xm.layer_map) if xm is not None else resolve_layer_map(mt.layer_map, e0.shape[1], c0.shape[1])
     if mt.pooling == "meta" and e0.shape[1] != c0.shape[1]:
         raise ValueError(f"pooling='meta': the cloud returned {c0.shape[1]} meta tokens and the edge {e0.shape[1]}")
     cloud = torch.empty(len(idx), len(layer_map), c0.shape[2], dtype=torch.float32)
@@ -1049,7 +1179,7 @@ def _write_calibration(p: Path, key: str, index: torch.Tensor, samples: Sequence
         rows = idx[s:s + step]
         try:
             c, e = _extract_pair([samples[i] for i in rows], rows, cloud_ex, edge_ex, mt, dialogue,
-                                 use_chat_template, ids, layer_map)
+                                 use_chat_template, ids, layer_map, xm=xm)
         except ValueError as err:
             raise ValueError(f"calibration pass: {err}") from err
         cloud[s:s + len(rows)] = c
