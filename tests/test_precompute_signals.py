@@ -41,7 +41,7 @@ def _cfg(**mt):
 
 
 def test_config_signal_names_and_validation():
-    assert SIGNALS == ("meta", *XM_SIGNALS)
+    assert ("meta", *XM_SIGNALS) == SIGNALS
     with pytest.raises(ConfigError, match=r"meta_token.pooling: signal='uld' .* got pooling='meta'"):
         CurriculumConfig.from_dict({"meta_token": {"signal": "uld", "pooling": "meta"}})
     with pytest.raises(ConfigError, match=r"meta_token.signal: must be one of"):
