@@ -62,6 +62,17 @@ Calibration schema (``calibration.safetensors``): ``index`` I64 [M] (global samp
 sorted), ``cloud`` F32 [M, L, d_cloud] (mapped cloud layers), ``edge`` F32 [M, L, d_edge];
 metadata ``calibration_key`` and ``layer_map``.
 
+Several files, several signals: ``outputs={name: path}`` writes more difficulty files from the same
+shards (a metric, or a cross-model signal). ``meta_token.signal`` picks the primary signal: ``meta``
+(the prompt-only meta tokens above), ``response`` (response-conditioned meta tokens from
+:class:`torch_curriculum.crossmodel.CrossModelSignals`, through the same calibration, alignment and
+metrics; stored as ``response_meta_token_distance.<metric>`` / ``response_meta_token_delta``), or a
+cross-model array ``logit_lens_gap``, ``edge_bpb``, ``vocab_kl``, ``uld`` (stored under its name, one
+more prompt+response pass per shard) or ``knn_agreement`` (from the response vectors, with the
+calibration samples as the reference set; a calibration sample is scored against the others). The
+shard key includes the set of signals of the run (only when a cross-model signal is present, so the
+keys of prompt-only runs are unchanged); each output file has its own run key.
+
 To add a signal: compute it per batch next to :func:`meta_token_signals` (same rows, ``[n, L]``) and
 add it to the shard's dict; :func:`merge_signal` reads any name.
 """
