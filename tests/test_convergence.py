@@ -139,6 +139,11 @@ def test_runner_end_to_end_then_resume(tmp_path):
             for agg in ("mean", "weighted_mean", "max", "topk_mean"):
                 assert f"meta_{metric}_{pooling}_{agg}" in names
     assert {"response_length", "edge_loss_before", "cloud_minus_edge_loss", "ifd"} <= names
+    # h1.signals of the smoke preset: cross-model signals from the same precompute, in the same table
+    for x in ("logit_lens_gap", "uld"):
+        for agg in ("mean", "weighted_mean", "max", "topk_mean"):
+            assert f"xm_{x}_{agg}" in names and doc["h1"]["signals"][f"xm_{x}_{agg}"]["kind"] == "crossmodel"
+    assert doc["h1_heldout"]["signals"]["xm_uld_mean"]["n"] == 12
     assert doc["h1"]["primary_target"] == "learnability"
     assert set(doc["h1"]["targets"]) == {"train_loss_mean", "loss_after_training", "learnability"}
     assert doc["h1"]["targets"]["train_loss_mean"].startswith("OLD TARGET")
@@ -237,6 +242,8 @@ def test_preset_loader_names_bad_keys(tmp_path):
              (base.replace("noise_fraction: 0.3", "noise_fraction: 1.5"), r"data.noise_fraction: must be in \[0, 1\)"),
              (base + "budgets: {short: {steps: 4}}\n", r"budgets.short: steps and eval_every are required"),
              (base + "analysis: {target: best}\n", r"analysis.target: must be pooled or baseline"),
+             (base.replace("signals: [logit_lens_gap, uld]", "signals: [knn_agreement]"),
+              r"h1.signals: 'knn_agreement' is not a cross-model signal the runner writes"),
              # the held-out split is scored with Mahalanobis under relative alignment: all 6 samples would be
              # anchors (K = N/4, at least 4): too few left to fit the covariances on (failed after the train precompute before)
              (base.replace("val_samples: 16", "val_samples: 6"),
