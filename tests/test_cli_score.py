@@ -193,12 +193,20 @@ class _nothing:
 def test_torchrun_two_ranks_equals_one_process(env, tmp_path):
     run_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    base = ["-m", "torch_curriculum", *_score(env, one, "--data", str(env / "data.jsonl"), "--threads", "1")]
+    def also(tag):  # extra outputs of the same pass: the merge-time Mahalanobis and a cross-model array
+        return ["--also", f"mahalanobis={tmp_path / (tag + '_m.safetensors')}",
+                "--also", f"edge_bpb={tmp_path / (tag + '_b.safetensors')}"]
+
+    base = ["-m", "torch_curriculum", *_score(env, one, "--data", str(env / "data.jsonl"), "--threads", "1",
+                                              *also("one"))]
     proc = subprocess.run([sys.executable, *base], env=run_env, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
-           "-m", "torch_curriculum", *_score(env, two, "--data", str(env / "data.jsonl"), "--threads", "1")]
+           "-m", "torch_curriculum", *_score(env, two, "--data", str(env / "data.jsonl"), "--threads", "1",
+                                             *also("two"))]
     proc = subprocess.run(cmd, env=run_env, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     assert json.loads(proc.stdout.decode().strip().splitlines()[-1])["world_size"] == 2
     assert two.read_bytes() == one.read_bytes()
+    for suffix in ("_m", "_b"):
+        assert (tmp_path / f"two{suffix}.safetensors").read_bytes() == (tmp_path / f"one{suffix}.safetensors").read_bytes()
