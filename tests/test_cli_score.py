@@ -115,7 +115,28 @@ def test_hf_dataset_as_base_dataset_rejects_a_shuffled_one(env, tmp_path, capsys
         MetaTokenDifficultyDataset(out, base_dataset=HFDialogueDataset(hf.shuffle(seed=1), **kw))
 
 
+def test_score_signal_then_inspect(env, tmp_path, capsys):
+    # edge_bpb needs no cloud pass (this fixture's saved cloud tokenizer reloads as a Qwen2Tokenizer that
+    # encodes the word-level vocabulary to nothing, which the cross-model signals refuse, naming the sample)
+    out = tmp_path / "b.safetensors"
+    assert main(_score(env, out, "--data", str(env / "data.jsonl"), "--signal", "edge_bpb", "--dtype", "fp32")) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["signal"] == "edge_bpb" and summary["also"] == {} and summary["samples"] == N
+    ds = MetaTokenDifficultyDataset(out)
+    assert ds.provenance["meta_signal"] == "edge_bpb" and bool((ds.raw_layer_diffs > 0).all())
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "signal edge_bpb" in text and "metric None" in text
+    assert main(["inspect", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["signal"] == "edge_bpb"
+    assert main(_score(env, tmp_path / "u.safetensors", "--data", str(env / "data.jsonl"), "--signal", "uld")) == 2
+    assert "sample 6 ('conv006'): the response has no tokens under the cloud tokenizer" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--data", "{env}/data.jsonl", "--signal", "bpb"], "--signal bpb: meta_token.signal: must be one of"),
+    (["--data", "{env}/data.jsonl", "--also", "uld"], "--also 'uld': expected NAME=FILE"),
+    (["--data", "{env}/data.jsonl", "--also", "kl=x.safetensors"], "outputs: unknown signal 'kl'"),
     (["--data", "{env}/missing.csv"], "--data {env}/missing.csv: no such file"),
     (["--data", "{env}/hf", "--persona-column", "nope"], "no column 'nope' (--persona-column)"),
     (["--data", "{env}/hf", "--persona-column", "who", "--context-column", "turns", "--response-column", "answer",
@@ -172,12 +193,20 @@ class _nothing:
 def test_torchrun_two_ranks_equals_one_process(env, tmp_path):
     run_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    base = ["-m", "torch_curriculum", *_score(env, one, "--data", str(env / "data.jsonl"), "--threads", "1")]
+    def also(tag):  # extra outputs of the same pass: the merge-time Mahalanobis and a cross-model array
+        return ["--also", f"mahalanobis={tmp_path / (tag + '_m.safetensors')}",
+                "--also", f"edge_bpb={tmp_path / (tag + '_b.safetensors')}"]
+
+    base = ["-m", "torch_curriculum", *_score(env, one, "--data", str(env / "data.jsonl"), "--threads", "1",
+                                              *also("one"))]
     proc = subprocess.run([sys.executable, *base], env=run_env, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
-           "-m", "torch_curriculum", *_score(env, two, "--data", str(env / "data.jsonl"), "--threads", "1")]
+           "-m", "torch_curriculum", *_score(env, two, "--data", str(env / "data.jsonl"), "--threads", "1",
+                                             *also("two"))]
     proc = subprocess.run(cmd, env=run_env, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     assert json.loads(proc.stdout.decode().strip().splitlines()[-1])["world_size"] == 2
     assert two.read_bytes() == one.read_bytes()
+    for suffix in ("_m", "_b"):
+        assert (tmp_path / f"two{suffix}.safetensors").read_bytes() == (tmp_path / f"one{suffix}.safetensors").read_bytes()

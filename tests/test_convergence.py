@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from _tiny_lm import WORDS, make_model, make_tokenizer
 
-from torch_curriculum import signals
+from torch_curriculum import MetaTokenDifficultyDataset, signals
 from torch_curriculum.experiments import PRESETS_DIR
 from torch_curriculum.experiments import results as _results
 from torch_curriculum.experiments import runner as convergence
@@ -101,7 +101,7 @@ def _preset(data: Path) -> dict:
     cfg = convergence.load_preset(PRESETS_DIR / "smoke.yaml")
     cfg = copy.deepcopy(cfg)
     cfg["data"]["source"] = str(data)
-    cfg["data"].update(train_samples=20, val_samples=4, test_samples=4, max_length=24)  # some are truncated
+    cfg["data"].update(train_samples=20, val_samples=12, test_samples=4, max_length=24)  # some are truncated
     cfg["strategies"] = ["random", "easy_to_hard", "layer_wise_progressive"]
     cfg["controls"] = ["ctrl_length", "anti_curriculum", "oracle", "lwp_freeze_only", "lwp_order_only"]
     cfg["h1"].update(grad_samples=5, heldout=True)
@@ -139,11 +139,16 @@ def test_runner_end_to_end_then_resume(tmp_path):
             for agg in ("mean", "weighted_mean", "max", "topk_mean"):
                 assert f"meta_{metric}_{pooling}_{agg}" in names
     assert {"response_length", "edge_loss_before", "cloud_minus_edge_loss", "ifd"} <= names
+    # h1.signals of the smoke preset: cross-model signals from the same precompute, in the same table
+    for x in ("logit_lens_gap", "uld"):
+        for agg in ("mean", "weighted_mean", "max", "topk_mean"):
+            assert f"xm_{x}_{agg}" in names and doc["h1"]["signals"][f"xm_{x}_{agg}"]["kind"] == "crossmodel"
+    assert doc["h1_heldout"]["signals"]["xm_uld_mean"]["n"] == 12
     assert doc["h1"]["primary_target"] == "learnability"
     assert set(doc["h1"]["targets"]) == {"train_loss_mean", "loss_after_training", "learnability"}
     assert doc["h1"]["targets"]["train_loss_mean"].startswith("OLD TARGET")
     # (a) held-out samples, (d) per-layer gradient norms at init and after training
-    assert doc["h1_heldout"]["signals"]["edge_loss_before"]["n"] == 4
+    assert doc["h1_heldout"]["signals"]["edge_loss_before"]["n"] == 12
     assert len(doc["h1_layers"]["init"]) == len(doc["h1_layers"]["end"]) == 4 and doc["h1_layers"]["n_samples"] == 5
     # the positive control: flags stored, every signal's AUROC, the calibration verdict
     flags = np.load(out / "arrays" / "noise_flags.npy")
@@ -156,9 +161,16 @@ def test_runner_end_to_end_then_resume(tmp_path):
     assert doc["provenance"]["seeds"] == [0, 1] and doc["provenance"]["data_fingerprint"].startswith("sha256:")
     assert (out / "report.md").read_text().startswith("# Curriculum benchmark report: smoke")
 
-    # one extraction per pooling: the shards are shared by the four metric files
-    assert sorted(p.name for p in (out / "difficulty").glob("work_*")) == ["work_last", "work_mean"]
-    assert len(list((out / "difficulty" / "work_mean").glob("shard_*.safetensors"))) == 1
+    # one precompute per pooling writes the four metric files from the same shards (then deleted)
+    assert list((out / "difficulty").glob("work_*")) == []
+    for pooling in ("mean", "last"):
+        shard_keys = set()
+        for metric in ("l2", "cosine", "coord_softmax_kl", "mahalanobis"):
+            ds = MetaTokenDifficultyDataset(out / "difficulty" / f"{pooling}_{metric}.safetensors")
+            assert ds.provenance["metric"] == metric and ds.provenance["signal"].endswith("." + metric)
+            assert ds.provenance["pooling"]["edge"] == pooling
+            shard_keys.add(json.dumps(ds.provenance["models"], sort_keys=True))
+        assert len(shard_keys) == 1
 
     # the control really orders by response length: its first (warm-up) batch is among the shortest
     length = np.load(out / "arrays" / "h1_samples.npz")["response_length"]
@@ -229,7 +241,13 @@ def test_preset_loader_names_bad_keys(tmp_path):
              (base.replace("noise_fraction: 0.3", "noise_fraction: 0.0"), r"'oracle' orders samples by the injected"),
              (base.replace("noise_fraction: 0.3", "noise_fraction: 1.5"), r"data.noise_fraction: must be in \[0, 1\)"),
              (base + "budgets: {short: {steps: 4}}\n", r"budgets.short: steps and eval_every are required"),
-             (base + "analysis: {target: best}\n", r"analysis.target: must be pooled or baseline")]
+             (base + "analysis: {target: best}\n", r"analysis.target: must be pooled or baseline"),
+             (base.replace("signals: [logit_lens_gap, uld]", "signals: [knn_agreement]"),
+              r"h1.signals: 'knn_agreement' is not a cross-model signal the runner writes"),
+             # the held-out split is scored with Mahalanobis under relative alignment: all 6 samples would be
+             # anchors (K = N/4, at least 4): too few left to fit the covariances on (failed after the train precompute before)
+             (base.replace("val_samples: 16", "val_samples: 6"),
+              r"data.val_samples \(h1.heldout .*\)=6: too few samples .* there are [01] \(N=6 samples, K=4 ")]
     for text, pattern in cases:
         p = tmp_path / "p.yaml"
         p.write_text(text)

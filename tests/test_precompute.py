@@ -116,9 +116,9 @@ def test_shards_hold_named_per_sample_signals_only(tmp_path, models, texts):
         h, _ = read_safetensors_header(p)
         names = sorted(k for k in h if k != "__metadata__")
         assert names == ["sample_ids.offsets", "sample_ids.utf8", f"signals.{DELTA}",
-                         *(f"signals.{signal_name(m)}" for m in ("cosine", "kl", "l2"))]
+                         *(f"signals.{signal_name(m)}" for m in ("coord_softmax_kl", "cosine", "l2"))]
         n = h[f"signals.{signal_name('l2')}"]["shape"][0]
-        assert h[f"signals.{signal_name('kl')}"]["shape"] == [n, 4] and h[f"signals.{signal_name('l2')}"]["dtype"] == "F64"
+        assert h[f"signals.{signal_name('coord_softmax_kl')}"]["shape"] == [n, 4] and h[f"signals.{signal_name('l2')}"]["dtype"] == "F64"
         assert h[f"signals.{DELTA}"]["shape"] == [n, 4, 8] and h[f"signals.{DELTA}"]["dtype"] == "F32"
         rows += n
         assert p.stat().st_size < 4096 + n * (3 * 4 * 8 + 4 * 8 * 4 + 40)  # no [L, d] vectors
@@ -135,7 +135,7 @@ def test_meta_token_signals_is_a_plain_function(models, texts):
     anchors = torch.tensor([2, 5, 8, 11])
     calib = Calibration(anchors, c[anchors], e[anchors], alignment="relative", metric="cosine", anchors=anchors)
     sig = meta_token_signals(c[:6], e[:6], torch.arange(6), calib)
-    assert set(sig) == {signal_name(m) for m in ("l2", "cosine", "kl")} | {DELTA}
+    assert set(sig) == {signal_name(m) for m in ("l2", "cosine", "coord_softmax_kl")} | {DELTA}
     d = sig[signal_name("cosine")]
     assert d.shape == (6, 4) and d.dtype == torch.float64 and sig[DELTA].shape == (6, 4, 4)
     # a non-anchor row against a hand computation
@@ -159,7 +159,7 @@ def test_one_extraction_serves_every_metric(tmp_path, models, texts):
     cloud, edge = models
     work = tmp_path / "work_mean"
     files = {}
-    for metric in ("l2", "cosine", "kl", "mahalanobis"):
+    for metric in ("l2", "cosine", "coord_softmax_kl", "mahalanobis"):
         ran: list[int] = []
         files[metric] = precompute(texts, cloud, edge, tmp_path / f"{metric}.safetensors",
                                    _cfg(distance_metric=metric), shard_size=10, progress=False, work_dir=work,
@@ -183,7 +183,7 @@ def test_one_extraction_serves_every_metric(tmp_path, models, texts):
     torch.testing.assert_close(files["cosine"].raw_layer_diffs[free, j], cos[free], rtol=1e-4, atol=1e-6)
     pc, pe = torch.log_softmax(ca, -1), torch.log_softmax(ea, -1)
     kl = (pc.exp() * (pc - pe)).sum(-1)
-    torch.testing.assert_close(files["kl"].raw_layer_diffs[free, j], kl[free], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(files["coord_softmax_kl"].raw_layer_diffs[free, j], kl[free], rtol=1e-4, atol=1e-6)
     # mahalanobis: Ledoit-Wolf (Ledoit & Wolf 2004, as sklearn) of the deltas of non-anchor samples of other folds
     from torch_curriculum.alignment import ridge_folds
 
@@ -203,3 +203,85 @@ def test_one_extraction_serves_every_metric(tmp_path, models, texts):
     prec = np.linalg.pinv(ledoit_wolf(delta[train]))
     ref = float(np.sqrt(delta[i] @ prec @ delta[i]))
     assert files["mahalanobis"].raw_layer_diffs[i, j].item() == pytest.approx(ref, rel=1e-3)
+
+
+def _count_forwards(model):
+    calls = [0]  # the extractor runs the decoder stack, not the LM head
+    handle = model.get_decoder().register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls, handle
+
+
+@pytest.mark.parametrize("alignment", ["relative", "ridge"])
+def test_one_pass_writes_every_metric_byte_identical_to_separate_runs(tmp_path, models, texts, alignment):
+    cloud, edge = models
+    kw = dict(shard_size=10, progress=False, calibration_size=N)
+    metrics = ("l2", "cosine", "mahalanobis")
+    sep_calls = []
+    for m in metrics:
+        calls, h = _count_forwards(cloud[0])
+        precompute(texts, cloud, edge, tmp_path / f"sep_{m}.safetensors", _cfg(distance_metric=m, alignment=alignment),
+                   **kw)
+        h.remove()
+        sep_calls.append(calls[0])
+    calls, h = _count_forwards(cloud[0])
+    ecalls, eh = _count_forwards(edge[0])
+    ds = precompute(texts, cloud, edge, tmp_path / "one_l2.safetensors", _cfg(alignment=alignment),
+                    outputs={"cosine": tmp_path / "one_cosine.safetensors",
+                             "mahalanobis": tmp_path / "one_mahalanobis.safetensors"}, **kw)
+    h.remove()
+    eh.remove()
+    # the models ran once over the samples: as many batches as one single-metric run
+    assert calls[0] == sep_calls[0] == ecalls[0] > 0
+    assert ds.provenance["signal"] == signal_name("l2")
+    for m in metrics:
+        a, b = tmp_path / f"sep_{m}.safetensors", tmp_path / f"one_{m}.safetensors"
+        if alignment == "relative":  # the shards do not depend on the set of metrics: same run, same bytes
+            assert a.read_bytes() == b.read_bytes(), m
+        from safetensors.torch import load_file
+
+        ta, tb = load_file(a), load_file(b)
+        assert sorted(ta) == sorted(tb)
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), (m, k)
+        from torch_curriculum.dataset import MetaTokenDifficultyDataset
+
+        pa, pb = MetaTokenDifficultyDataset(a).provenance, MetaTokenDifficultyDataset(b).provenance
+        assert pb["metric"] == m and pb["signal"] == signal_name(m)
+        assert {k: v for k, v in pa.items() if k != "run_key"} == {k: v for k, v in pb.items() if k != "run_key"}
+    # a second call with the same inputs opens the files without running the models
+    calls, h = _count_forwards(cloud[0])
+    precompute(texts, cloud, edge, tmp_path / "one_l2.safetensors", _cfg(alignment=alignment),
+               outputs={"cosine": tmp_path / "one_cosine.safetensors"}, **kw) if alignment == "relative" else None
+    h.remove()
+    assert calls[0] == 0
+
+
+def test_outputs_killed_and_resumed_are_byte_identical(tmp_path, models, texts):
+    cloud, edge = models
+    outs = {"coord_softmax_kl": tmp_path / "a_kl.safetensors", "mahalanobis": tmp_path / "a_m.safetensors"}
+    precompute(texts, cloud, edge, tmp_path / "a.safetensors", _cfg(), outputs=outs, shard_size=7, progress=False)
+
+    def boom(i):
+        if i == 1:
+            raise KeyboardInterrupt
+
+    outs_b = {"coord_softmax_kl": tmp_path / "b_kl.safetensors", "mahalanobis": tmp_path / "b_m.safetensors"}
+    with pytest.raises(KeyboardInterrupt):
+        precompute(texts, cloud, edge, tmp_path / "b.safetensors", _cfg(), outputs=outs_b, shard_size=7,
+                   progress=False, _after_shard=boom)
+    ran: list[int] = []
+    precompute(texts, cloud, edge, tmp_path / "b.safetensors", _cfg(), outputs=outs_b, shard_size=7, progress=False,
+               _after_shard=ran.append)
+    assert ran == [2, 3]  # shards 0 and 1 were reused
+    for x, y in [("a", "b"), ("a_kl", "b_kl"), ("a_m", "b_m")]:
+        assert (tmp_path / f"{x}.safetensors").read_bytes() == (tmp_path / f"{y}.safetensors").read_bytes()
+
+
+def test_outputs_bad_input_is_named(tmp_path, models, texts):
+    cloud, edge = models
+    with pytest.raises(ValueError, match=r"outputs: unknown signal 'kl'"):
+        precompute(texts, cloud, edge, tmp_path / "x.safetensors", _cfg(), outputs={"kl": tmp_path / "k"},
+                   progress=False)
+    with pytest.raises(ValueError, match=r"outputs\['cosine'\].*primary path"):
+        precompute(texts, cloud, edge, tmp_path / "x.safetensors", _cfg(),
+                   outputs={"cosine": tmp_path / "x.safetensors"}, progress=False)

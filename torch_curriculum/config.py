@@ -29,6 +29,7 @@ __all__ = [
     "ALIGNMENTS",
     "PACING_FUNCTIONS",
     "POOLINGS",
+    "SIGNALS",
     "STRATEGIES",
     "STRATEGY_ALIASES",
     "ConfigError",
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 POOLINGS = ("mean", "last", "meta")
+#: ``meta_token.signal``: ``meta`` (prompt-only meta tokens) or one of :data:`torch_curriculum.crossmodel.SIGNALS`
+SIGNALS = ("meta", "response", "logit_lens_gap", "edge_bpb", "vocab_kl", "uld", "knn_agreement")
 ALIGNMENTS = ("relative", "ridge", "identity")
 STRATEGIES = ("random", "easy_to_hard", "layer_wise_progressive", "dynamic", "layer_specific", "hybrid")
 STRATEGY_ALIASES = {"layer_wise": "layer_wise_progressive"}
@@ -97,6 +100,13 @@ class MetaTokenSection:
         max_context_turns (int): dialogue turns of context kept (the oldest are cut, and reported). Defaults to 4.
         max_length (int): token budget of one prompt per model. Defaults to 512.
         batch_size (int): extraction batch size (length-bucketed). Defaults to 16.
+        signal (str): the per-sample, per-layer signal precompute scores. ``meta`` (default): the
+            prompt-only meta-token distance (``distance_metric`` after ``alignment``); ``response``:
+            response-conditioned meta tokens (pooled over the response), compared the same way; or a
+            cross-model signal of :mod:`torch_curriculum.crossmodel`: ``logit_lens_gap``, ``edge_bpb``,
+            ``vocab_kl``, ``uld``, ``knn_agreement`` (k-NN among the calibration samples). Every
+            signal but ``meta`` reads the response (dialogue samples) and needs ``pooling`` mean or last.
+        knn_k (int): k of ``knn_agreement``. Defaults to 10.
     """
 
     distance_metric: str = "l2"
@@ -114,6 +124,8 @@ class MetaTokenSection:
     max_context_turns: int = 4
     max_length: int = 512
     batch_size: int = 16
+    signal: str = "meta"
+    knn_k: int = 10
 
     def validate(self, prefix: str = "meta_token") -> None:
         """Check every field of this section.
@@ -130,7 +142,11 @@ class MetaTokenSection:
         _choice(f"{prefix}.alignment", self.alignment, ALIGNMENTS)
         _choice(f"{prefix}.normalization", self.normalization, NORMALIZATIONS)
         _choice(f"{prefix}.primary_score", self.primary_score, AGGREGATES)
-        for name in ("top_k", "num_anchors", "max_context_turns", "max_length", "batch_size"):
+        _choice(f"{prefix}.signal", self.signal, SIGNALS)
+        if self.signal != "meta" and self.pooling not in ("mean", "last"):
+            raise ConfigError(f"{prefix}.pooling", f"signal={self.signal!r} reads response-conditioned states, "
+                                                   f"pooled by 'mean' or 'last'; got pooling={self.pooling!r}")
+        for name in ("top_k", "num_anchors", "max_context_turns", "max_length", "batch_size", "knn_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{prefix}.{name}", f"must be >= 1, got {getattr(self, name)}")
         if self.tau is not None and not self.tau > 0:

@@ -933,7 +933,9 @@ def _scoring_settings(cfg: CurriculumConfig) -> dict[str, Any]:
             "num_anchors": mt.num_anchors, "ridge_alpha": mt.ridge_alpha, "layer_map": mt.layer_map,
             "normalization": mt.normalization, "top_k": mt.top_k, "tau": mt.tau,
             "primary_score": mt.primary_score, "stage_percentiles": list(cfg.curriculum.stage_percentiles),
-            "seed": cfg.training.seed}
+            "seed": cfg.training.seed,
+            # only when not the default, so that files of the prompt-only signal keep their run keys
+            **({"meta_signal": mt.signal, "knn_k": mt.knn_k} if mt.signal != "meta" else {})}
 
 
 def _finalise(raw: torch.Tensor, ids: list[str], cfg: CurriculumConfig, provenance: dict[str, Any],

@@ -11,7 +11,7 @@ The pipeline has three passes, and memory and work-dir size grow with the shard,
 2. **Shards** (every rank, shards ``i`` with ``i % world == rank``): both models run over
    ``shard_size`` samples; :func:`meta_token_signals` turns one batch of model outputs into named
    per-sample, per-layer arrays ``[n, L]`` using the calibration only, and the shard file holds just
-   those arrays, not the ``[L, d]`` vectors: the ``l2``, ``cosine`` and ``kl`` distances (all three,
+   those arrays, not the ``[L, d]`` vectors: the ``l2``, ``cosine`` and ``coord_softmax_kl`` distances (all three,
    so runs that differ only in the metric share one work dir and one extraction), and under
    ``relative`` alignment the ``[n, L, K]`` anchor-coordinate deltas (float32, 4 K bytes per layer
    and sample) from which the merge computes Mahalanobis distances.
@@ -50,8 +50,8 @@ Shard schema (``shard_{i:06d}.safetensors``, metadata ``format`` = ``torch_curri
 tensor                         dtype       meaning
 =============================  ==========  ===============================================
 ``signals.<name>``             F64 [n, L]  one named per-sample, per-edge-layer signal:
-                                           ``meta_token_distance.{l2,cosine,kl}`` (and
-                                           ``.mahalanobis`` outside ``relative``)
+                                           ``meta_token_distance.{l2,cosine,coord_softmax_kl}``
+                                           (and ``.mahalanobis`` outside ``relative``)
 ``signals.meta_token_delta``   F32         ``relative`` only: ``[n, L, K]`` anchor-coordinate
                                            differences (an anchor's own coordinate is 0)
 ``sample_ids.utf8`` /          U8 / I64    the shard's ids (utf-8 bytes, n+1 offsets);
@@ -62,6 +62,17 @@ Calibration schema (``calibration.safetensors``): ``index`` I64 [M] (global samp
 sorted), ``cloud`` F32 [M, L, d_cloud] (mapped cloud layers), ``edge`` F32 [M, L, d_edge];
 metadata ``calibration_key`` and ``layer_map``.
 
+Several files, several signals: ``outputs={name: path}`` writes more difficulty files from the same
+shards (a metric, or a cross-model signal). ``meta_token.signal`` picks the primary signal: ``meta``
+(the prompt-only meta tokens above), ``response`` (response-conditioned meta tokens from
+:class:`torch_curriculum.crossmodel.CrossModelSignals`, through the same calibration, alignment and
+metrics; stored as ``response_meta_token_distance.<metric>`` / ``response_meta_token_delta``), or a
+cross-model array ``logit_lens_gap``, ``edge_bpb``, ``vocab_kl``, ``uld`` (stored under its name, one
+more prompt+response pass per shard) or ``knn_agreement`` (from the response vectors, with the
+calibration samples as the reference set; a calibration sample is scored against the others). The
+shard key includes the set of signals of the run (only when a cross-model signal is present, so the
+keys of prompt-only runs are unchanged); each output file has its own run key.
+
 To add a signal: compute it per batch next to :func:`meta_token_signals` (same rows, ``[n, L]``) and
 add it to the shard's dict; :func:`merge_signal` reads any name.
 """
@@ -69,6 +80,7 @@ add it to the shard's dict; :func:`merge_signal` reads any name.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import itertools
 import json
@@ -115,12 +127,22 @@ SIGNAL = "meta_token_distance"
 #: ``relative`` alignment: the per-layer difference of the K-dim anchor coordinates, ``[n, L, K]`` float32
 #: (an anchor's own coordinate is 0), from which the merge computes Mahalanobis distances
 DELTA = "meta_token_delta"
-_CHEAP_METRICS = ("l2", "cosine", "kl")
+_CHEAP_METRICS = ("l2", "cosine", "coord_softmax_kl")
 
 
-def signal_name(metric: str) -> str:
-    """The shard signal holding the ``metric`` distances, e.g. ``meta_token_distance.l2``."""
-    return f"{SIGNAL}.{metric}"
+def signal_name(metric: str, family: str = "meta") -> str:
+    """The shard signal holding the ``metric`` distances, e.g. ``meta_token_distance.l2``
+    (``response_meta_token_distance.l2`` for the response-conditioned family)."""
+    return f"{SIGNAL}.{metric}" if family == "meta" else f"{family}_{SIGNAL}.{metric}"
+
+
+def _delta_name(family: str) -> str:
+    return DELTA if family == "meta" else f"{family}_{DELTA}"
+
+
+#: cross-model signals stored per shard as one ``[n, L]`` array each (``knn_agreement`` is computed
+#: from the response vectors and the calibration samples as the reference set)
+_XM_SCALARS = ("logit_lens_gap", "edge_bpb", "vocab_kl", "uld")
 #: fewest samples precompute accepts. With ``relative`` alignment an anchor is described by the other
 #: anchors (K-1 of them); with fewer than 3 the centred space collapses to a line (2 samples gave
 #: distances ~1e-16 and one stage for everything), and percentiles / 3 stages over < 4 samples mean
@@ -294,7 +316,7 @@ class Calibration:
             (a subset of ``index``).
         alpha (float): ridge penalty. Defaults to 1.0.
         kl_temperature (float): KL softmax temperature. Defaults to 1.0.
-        metrics (Sequence[str] | None): metrics the shards hold; None = l2, cosine and kl, plus
+        metrics (Sequence[str] | None): metrics the shards hold; None = l2, cosine and coord_softmax_kl, plus
             mahalanobis when it is the metric and the alignment is not ``relative``.
 
     Per-layer maps and covariances are computed on first use and kept (memory: for ``ridge``
@@ -511,9 +533,12 @@ def merge_signal(work: str | Path, num_shards: int, name: str, ids: Sequence[str
     return out
 
 
-def _plan(n: int, cfg: CurriculumConfig, calibration_size: int, anchors: Sequence[int] | None) -> dict[str, Any]:
-    """Which samples the calibration pass runs on (seeded; a pure function of N and the settings)."""
+def _plan(n: int, cfg: CurriculumConfig, calibration_size: int, anchors: Sequence[int] | None,
+          metrics: Sequence[str] | None = None) -> dict[str, Any]:
+    """Which samples the calibration pass runs on (seeded; a pure function of N and the settings).
+    ``metrics``: every metric of the run (the primary's and the extra outputs'); default the config's."""
     mt = cfg.meta_token
+    maha = "mahalanobis" in (metrics if metrics is not None else [mt.distance_metric])
     seed = cfg.training.seed
     plan: dict[str, Any] = {"anchors": None, "fit": None, "folds": None, "num_folds": 0}
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63 - 1:
@@ -554,14 +579,25 @@ def _plan(n: int, cfg: CurriculumConfig, calibration_size: int, anchors: Sequenc
         plan["delta_fit"] = fit[~torch.isin(fit, plan["anchors"])]
         plan["delta_num_folds"] = min(5, n)
         plan["delta_folds"] = ridge_folds(n, plan["delta_num_folds"], seed)
-    if mt.alignment == "ridge" or (mt.distance_metric == "mahalanobis" and mt.alignment != "relative"):
+        if maha:  # fail before any model runs, naming the numbers (the merge would fail after all passes)
+            fit_folds = plan["delta_folds"][plan["delta_fit"]]
+            for f in range(plan["delta_num_folds"]):
+                have = int((fit_folds != f).sum())
+                if have < 2:
+                    raise ValueError(
+                        f"mahalanobis with alignment='relative': the covariance of fold {f} is fitted on the "
+                        f"non-anchor calibration samples of the other folds, and there are {have} (N={n} samples, "
+                        f"K={len(plan['anchors'])} anchors (meta_token.num_anchors={mt.num_anchors}), "
+                        f"calibration_size={calibration_size}); at least 2 are needed: use more samples than "
+                        "num_anchors (a few times more), fewer anchors, or a larger calibration_size")
+    if mt.alignment == "ridge" or (maha and mt.alignment != "relative"):
         if calibration_size < 2:
             raise ValueError(f"calibration_size must be >= 2, got {calibration_size}")
         m = min(n, int(calibration_size))
         g = torch.Generator().manual_seed(int(seed) + 1)
         plan["fit"] = torch.randperm(n, generator=g)[:m].sort().values
         k = min(5, n)
-        need = 3 if (mt.alignment == "ridge" and mt.distance_metric == "mahalanobis") else 2
+        need = 3 if (mt.alignment == "ridge" and maha) else 2
         if k < need:
             raise ValueError(f"cross-fitting needs at least {need} folds, got N={n}")
         plan["folds"] = ridge_folds(n, k, seed)
@@ -590,6 +626,7 @@ def precompute(
     calibration_size: int = 1024,
     dtype: torch.dtype | None = None,
     anchors: Sequence[int] | None = None,
+    outputs: Mapping[str, str | Path] | None = None,
     _after_shard: Callable[[int], None] | None = None,
 ) -> MetaTokenDifficultyDataset:
     """Run both models once over ``samples`` and write the difficulty file (and labels).
@@ -625,6 +662,11 @@ def precompute(
             pairs (``torch.bfloat16`` autocasts, also on CPU); None = CUDA bf16, CPU the model's own.
         anchors (Sequence[int] | None): explicit anchor indices for ``relative`` (default: a seeded draw
             of ``num_anchors``).
+        outputs (Mapping[str, str | Path] | None): extra difficulty files from the *same* model passes,
+            ``{metric: path}`` with a metric of :data:`torch_curriculum.difficulty.METRICS` (``l2``,
+            ``cosine``, ``coord_softmax_kl``, ``mahalanobis``) under the configured pooling and
+            alignment. Each is a complete difficulty file (as if ``distance_metric`` were that metric;
+            its provenance names the metric), resumed and skipped like ``path``. Defaults to None.
 
     Returns:
         MetaTokenDifficultyDataset: the opened file (on every rank).
@@ -637,6 +679,8 @@ def precompute(
 
     Example:
         >>> ds = precompute(samples, (cloud, tok_c), (edge, tok_e), "difficulty.safetensors")  # doctest: +SKIP
+        >>> ds = precompute(samples, cloud, edge, "l2.safetensors",                             # doctest: +SKIP
+        ...                 outputs={"mahalanobis": "maha.safetensors"})  # one pass, two files
     """
     cfg = config or CurriculumConfig()
     mt = cfg.meta_token
@@ -665,8 +709,34 @@ def precompute(
             if not getattr(ex.tokenizer, "chat_template", None):
                 raise ValueError(f"use_chat_template=True but the {side} tokenizer has no chat template; "
                                  "pass use_chat_template=False or a tokenizer with one")
-    plan = _plan(n, cfg, calibration_size, anchors)
     path = Path(path)
+    targets = _targets(path, cfg, outputs)  # [(path, config of that file)], the primary first
+    kinds = [_kind(c.meta_token.signal) for _, c in targets]
+    family = "meta" if mt.signal == "meta" else "response"
+    run_metrics = sorted({c.meta_token.distance_metric for (_, c), k in zip(targets, kinds) if k == "vec"})
+    xm_names = sorted({c.meta_token.signal for (_, c), k in zip(targets, kinds) if k != "vec"})
+    needs_vectors = any(k in ("vec", "knn") for k in kinds)
+    xm = None
+    if family != "meta" or xm_names:
+        if not dialogue_input(samples):
+            raise ValueError(f"meta_token.signal={mt.signal!r} (or a cross-model output) reads the response: pass "
+                             "DialogueSamples (persona, context, response), not prompts")
+        if use_chat_template:
+            raise ValueError(f"meta_token.signal={mt.signal!r}: cross-model signals use the plain prompt layout; "
+                             "pass use_chat_template=False")
+        from .crossmodel import CrossModelSignals
+
+        xm = CrossModelSignals(cloud_ex.model, cloud_ex.tokenizer, edge_ex.model, edge_ex.tokenizer,
+                               layer_map=mt.layer_map, pooling="mean" if mt.pooling == "meta" else mt.pooling,
+                               max_length=mt.max_length, truncation="left", batch_size=mt.batch_size,
+                               knn_k=mt.knn_k)
+    plan = _plan(n, cfg, calibration_size, anchors, run_metrics)
+    if not needs_vectors:
+        plan["index"] = torch.empty(0, dtype=torch.long)
+    elif "knn_agreement" in xm_names and len(plan["index"]) - 1 < mt.knn_k:
+        raise ValueError(f"meta_token.knn_k={mt.knn_k}: the k-NN reference set is the {len(plan['index'])} calibration "
+                         "samples (anchors / fit set) and a reference sample is scored against the others; use a "
+                         "smaller knn_k or more anchors")
     work = Path(work_dir) if work_dir is not None else path.with_name(path.name + ".work")
     dialogue = dialogue_input(samples)
     info = {"cloud": {**_model_info(cloud_ex.model, cloud_ex.tokenizer), **cloud_ex.describe()},
@@ -678,37 +748,48 @@ def precompute(
               "num_samples": n, "fingerprint": fingerprint}
     # what the shards depend on: not the metric (l2, cosine and kl are all stored, and Mahalanobis under
     # relative alignment is computed at the merge), so runs that differ only in metric share the shards
-    shard_metrics = list(_CHEAP_METRICS) + (["mahalanobis"] if mt.distance_metric == "mahalanobis"
-                                            and mt.alignment != "relative" else [])
+    shard_metrics = (list(_CHEAP_METRICS) + (["mahalanobis"] if "mahalanobis" in run_metrics
+                                             and mt.alignment != "relative" else [])) if run_metrics else []
     signal = {"metrics": shard_metrics, "kl_temperature": mt.kl_temperature, "alignment": mt.alignment,
               "layer_map": mt.layer_map, "ridge_alpha": mt.ridge_alpha, "seed": cfg.training.seed,
               "anchors": None if plan["anchors"] is None else plan["anchors"].tolist(),
               "fit_size": None if plan["fit"] is None else len(plan["fit"]), "folds": plan["num_folds"]}
+    crossmodel_info = None
+    if xm is not None:  # only then, so that the keys of prompt-only runs stay what they were
+        crossmodel_info = {**xm.describe(), "vector_family": family, "signals": xm_names,
+                           "prompt_layout": "format_prompts, plain (no chat template)"}
+        signal.update(family=family, crossmodel=crossmodel_info, knn_k=mt.knn_k)
     calib_key = hashlib.sha256(_json({"models": info, "inputs": inputs, "signal": signal,
                                       "library_version": __version__}).encode()).hexdigest()
     shard_key = hashlib.sha256(_json({"calibration_key": calib_key, "shard_size": shard_size}).encode()).hexdigest()
-    scoring = _scoring_settings(cfg)
-    run_key = hashlib.sha256(_json({"shard_key": shard_key, "scoring": scoring,
-                                    "calibration_size": int(calibration_size)}).encode()).hexdigest()
+    # one run key per output file: the shards (which hold the run's signals) and that file's scoring
+    run_keys = [hashlib.sha256(_json({"shard_key": shard_key, "scoring": _scoring_settings(c),
+                                      "calibration_size": int(calibration_size)}).encode()).hexdigest()
+                for _, c in targets]
     rank, world = _dist()
 
-    if path.exists() and not overwrite:
-        try:
-            existing = MetaTokenDifficultyDataset(path)
-        except DifficultyFileError:
-            existing = None
-        if existing is not None and existing.metadata.get("run_key") == run_key:
-            logger.info("%s already holds this run's results; opening it", path)
-            err = None
-            if rank == 0 and labels_path is not None and not Path(labels_path).exists():
-                try:  # a run killed between the two writes
-                    existing.write_labels(labels_path)
-                except BaseException as e:
-                    err = e
-            _sync_errors(err, "writing labels")
-            return existing
-        raise FileExistsError(f"{path} exists and holds the results of another run; pass overwrite=True "
-                              "or choose another path")
+    done = [False] * len(targets)
+    for t, ((p, _c), key) in enumerate(zip(targets, run_keys)):
+        if p.exists() and not overwrite:
+            try:
+                existing = MetaTokenDifficultyDataset(p)
+            except DifficultyFileError:
+                existing = None
+            if existing is None or existing.metadata.get("run_key") != key:
+                raise FileExistsError(f"{p} exists and holds the results of another run; pass overwrite=True "
+                                      "or choose another path")
+            done[t] = True
+    if all(done):
+        existing = MetaTokenDifficultyDataset(path)
+        logger.info("%s already holds this run's results; opening it", path)
+        err = None
+        if rank == 0 and labels_path is not None and not Path(labels_path).exists():
+            try:  # a run killed between the two writes
+                existing.write_labels(labels_path)
+            except BaseException as e:
+                err = e
+        _sync_errors(err, "writing labels")
+        return existing
     if labels_path is not None and Path(labels_path).exists() and not overwrite:
         raise FileExistsError(f"label file {labels_path} exists; pass overwrite=True or choose another path")
 
@@ -725,14 +806,23 @@ def precompute(
     # -- calibration (rank 0 computes and writes; every rank reads)
     err = None
     try:
-        if rank == 0 and not _calibration_ok(work / _CALIB_FILE, calib_key):
+        if needs_vectors and rank == 0 and not _calibration_ok(work / _CALIB_FILE, calib_key):
             _write_calibration(work / _CALIB_FILE, calib_key, plan["index"], samples, cloud_ex, edge_ex, mt,
-                               dialogue, use_chat_template, ids)
+                               dialogue, use_chat_template, ids, xm=xm if family != "meta" else None)
     except BaseException as e:
         err = e
     _sync_errors(err, "the calibration pass")
-    calib, layer_map = _load_calibration(work / _CALIB_FILE, plan, mt)
-    n_layers = calib.num_layers
+    reference = None
+    if needs_vectors:
+        calib, layer_map = _load_calibration(work / _CALIB_FILE, plan, mt, shard_metrics)
+        n_layers = calib.num_layers
+        if "knn_agreement" in xm_names:
+            from .crossmodel import KnnReference
+
+            reference = KnnReference(calib.cloud.numpy(), calib.edge.numpy(),
+                                     tuple(ids[g] for g in calib.index.tolist()))
+    else:
+        calib, layer_map, n_layers = None, list(xm.layer_map), xm.num_layers
     if mt.top_k > n_layers:
         raise ValueError(f"meta_token.top_k={mt.top_k} exceeds the {n_layers} compared (edge) layers")
 
@@ -753,10 +843,8 @@ def precompute(
             # each model's pass is half of a sample's work, so the bar (and its samples/s)
             # moves during the cloud pass too; whole samples only, the shard ends exact
             half = _half_progress(bar) if bar is not None else None
-            c_vec, e_vec = _shard_vectors(samples, lo, hi, calib, cloud_ex, edge_ex, mt, dialogue, use_chat_template,
-                                          ids, layer_map, progress=half)
-            signals = meta_token_signals(c_vec, e_vec, torch.arange(lo, hi), calib)
-            del c_vec, e_vec
+            signals = _shard_signals(samples, lo, hi, calib, cloud_ex, edge_ex, mt, dialogue, use_chat_template,
+                                     ids, layer_map, half, xm, family, shard_metrics, xm_names, reference)
             utf8, offsets = _encode_ids(ids[lo:hi])
             write_safetensors(work / f"shard_{i:06d}.safetensors",
                               {**{f"signals.{k}": v for k, v in signals.items()},
@@ -772,52 +860,117 @@ def precompute(
             bar.close()
     _sync_errors(err, "computing shards")
 
-    # -- merge (rank 0)
+    # -- merge (rank 0): every output file from the same shards
     err = None
     if rank == 0:
         try:
-            if mt.distance_metric == "mahalanobis" and mt.alignment == "relative":
-                raw = _merge_relative_mahalanobis(work, n_shards, ids, plan)
-            else:
-                raw = merge_signal(work, n_shards, signal_name(mt.distance_metric), ids)
-            align_info: dict[str, Any] = {"method": mt.alignment}
-            extra: dict[str, Any] = {}
-            if plan["anchors"] is not None:
-                a = plan["anchors"]
-                align_info.update(num_anchors=len(a), anchors=a.tolist(), anchor_ids=[ids[x] for x in a.tolist()],
-                                  centring="anchor mean per model and layer", seed=cfg.training.seed,
-                                  self_scoring="leave-one-out: an anchor is described by the other K-1 anchors")
-                centres = calib.centres()
-                extra.update({"alignment.anchors": a, "alignment.cloud_centre": centres["cloud"],
-                              "alignment.edge_centre": centres["edge"]})
-            if plan["fit"] is not None:
-                align_info.update(calibration_size=len(plan["fit"]), folds=plan["num_folds"], seed=cfg.training.seed,
-                                  cross_fitting="a sample of fold f is scored by maps/covariances fitted on "
-                                                "calibration samples of the other folds")
-                extra["calibration.fit_index"] = plan["fit"]
-            if mt.distance_metric == "mahalanobis" and mt.alignment == "relative":
-                align_info.update(covariance_fit_size=len(plan["delta_fit"]), folds=plan["delta_num_folds"],
-                                  covariance="Ledoit-Wolf of anchor-coordinate deltas of non-anchor calibration "
-                                             "samples of the other folds; an anchor uses its K-1 coordinates")
-                extra["calibration.fit_index"] = plan["delta_fit"]
-            if mt.alignment == "ridge":
-                align_info.update(alpha=mt.ridge_alpha, space="standardised cloud space, cross-fitted")
-            provenance = {"models": info, "inputs": inputs, "layer_map": layer_map, "alignment": align_info,
-                          "pooling": {"cloud": info["cloud"]["pooling"], "edge": info["edge"]["pooling"]},
-                          "signal": signal_name(mt.distance_metric), "shard_size": shard_size}
-            tensors, meta = _finalise(raw, ids, cfg, provenance, fingerprint, run_key=run_key)
-            tensors.update(extra)
-            _remove_stale_temps(path)
-            write_safetensors(path, tensors, meta)
-            if labels_path is not None:
+            for (out_path, ocfg), key, skip in zip(targets, run_keys, done):
+                if skip:
+                    continue
+                tensors, meta = _merge_file(work, n_shards, ids, plan, calib, ocfg, info, inputs, layer_map,
+                                            shard_size, fingerprint, key, family, crossmodel_info)
+                _remove_stale_temps(out_path)
+                write_safetensors(out_path, tensors, meta)
+            if labels_path is not None and (not done[0] or not Path(labels_path).exists()):
                 _remove_stale_temps(Path(labels_path))
-                MetaTokenDifficultyDataset(path).write_labels(labels_path, overwrite=overwrite)
+                MetaTokenDifficultyDataset(path).write_labels(labels_path, overwrite=overwrite or done[0])
             if not keep_work_dir:
                 _remove_work_dir(work)
         except BaseException as e:
             err = e
     _sync_errors(err, "merging shards")
     return MetaTokenDifficultyDataset(path)
+
+
+def _targets(path: Path, cfg: CurriculumConfig, outputs: Mapping[str, str | Path] | None
+             ) -> list[tuple[Path, CurriculumConfig]]:
+    """The output files of one run and the config each is finalised with (the primary first)."""
+    from .difficulty import METRICS
+
+    targets = [(path, cfg)]
+    primary = cfg.meta_token.signal
+    if outputs is None:
+        return targets
+    if not isinstance(outputs, Mapping):
+        raise TypeError(f"outputs must be a mapping {{metric: path}}, got {type(outputs).__name__}")
+    seen = {path.resolve(): "the primary path"}
+    for metric, p in outputs.items():
+        xm_ok = [x for x in _XM_SCALARS] + (["knn_agreement"] if primary != "meta" else [])
+        if metric not in METRICS and metric not in xm_ok:
+            raise ValueError(f"outputs: unknown signal {metric!r}; expected a distance metric of the configured "
+                             f"pooling and alignment ({', '.join(METRICS)}) or a cross-model signal "
+                             f"({', '.join(xm_ok)}; 'knn_agreement' needs a response-conditioned "
+                             "meta_token.signal, whose metrics are the metric keys)")
+        p = Path(p)
+        if p.resolve() in seen:
+            raise ValueError(f"outputs[{metric!r}]: {p} is also {seen[p.resolve()]}; every output needs its own file")
+        seen[p.resolve()] = f"outputs[{metric!r}]"
+        ocfg = copy.deepcopy(cfg)
+        if metric in METRICS:
+            ocfg.meta_token.distance_metric = metric
+            if _kind(primary) != "vec":  # the metrics of a cross-model run compare response vectors
+                ocfg.meta_token.signal = "response"
+        else:
+            ocfg.meta_token.signal = metric
+        targets.append((p, ocfg))
+    return targets
+
+
+def _kind(signal: str) -> str:
+    """``vec`` (meta-token distances of a metric), ``knn`` or ``scalar`` (a cross-model array)."""
+    return "vec" if signal in ("meta", "response") else "knn" if signal == "knn_agreement" else "scalar"
+
+
+def _merge_file(work: Path, n_shards: int, ids: list[str], plan: dict[str, Any], calib: Calibration,
+                cfg: CurriculumConfig, info: dict[str, Any], inputs: dict[str, Any], layer_map: Sequence[int],
+                shard_size: int, fingerprint: str, run_key: str, family: str = "meta",
+                crossmodel: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensors and metadata of one difficulty file (``cfg``'s metric or signal) from the shards."""
+    mt = cfg.meta_token
+    kind = _kind(mt.signal)
+    if kind != "vec":
+        raw = merge_signal(work, n_shards, mt.signal, ids)
+        provenance = {"models": info, "inputs": inputs, "layer_map": layer_map, "signal": mt.signal,
+                      "crossmodel": crossmodel, "shard_size": shard_size}
+        if kind == "knn":
+            provenance["knn_reference"] = {"sample_index": plan["index"].tolist(), "k": mt.knn_k,
+                                           "self_scoring": "a reference sample is scored against the others"}
+        return _finalise(raw, ids, cfg, provenance, fingerprint, run_key=run_key)
+    rel_maha = mt.distance_metric == "mahalanobis" and mt.alignment == "relative"
+    if rel_maha:
+        raw = _merge_relative_mahalanobis(work, n_shards, ids, plan, family)
+    else:
+        raw = merge_signal(work, n_shards, signal_name(mt.distance_metric, family), ids)
+    align_info: dict[str, Any] = {"method": mt.alignment}
+    extra: dict[str, Any] = {}
+    if plan["anchors"] is not None:
+        a = plan["anchors"]
+        align_info.update(num_anchors=len(a), anchors=a.tolist(), anchor_ids=[ids[x] for x in a.tolist()],
+                          centring="anchor mean per model and layer", seed=cfg.training.seed,
+                          self_scoring="leave-one-out: an anchor is described by the other K-1 anchors")
+        centres = calib.centres()
+        extra.update({"alignment.anchors": a, "alignment.cloud_centre": centres["cloud"],
+                      "alignment.edge_centre": centres["edge"]})
+    if plan["fit"] is not None:
+        align_info.update(calibration_size=len(plan["fit"]), folds=plan["num_folds"], seed=cfg.training.seed,
+                          cross_fitting="a sample of fold f is scored by maps/covariances fitted on "
+                                        "calibration samples of the other folds")
+        extra["calibration.fit_index"] = plan["fit"]
+    if rel_maha:
+        align_info.update(covariance_fit_size=len(plan["delta_fit"]), folds=plan["delta_num_folds"],
+                          covariance="Ledoit-Wolf of anchor-coordinate deltas of non-anchor calibration "
+                                     "samples of the other folds; an anchor uses its K-1 coordinates")
+        extra["calibration.fit_index"] = plan["delta_fit"]
+    if mt.alignment == "ridge":
+        align_info.update(alpha=mt.ridge_alpha, space="standardised cloud space, cross-fitted")
+    provenance = {"models": info, "inputs": inputs, "layer_map": layer_map, "alignment": align_info,
+                  "pooling": {"cloud": info["cloud"]["pooling"], "edge": info["edge"]["pooling"]},
+                  "signal": signal_name(mt.distance_metric, family), "shard_size": shard_size}
+    if crossmodel is not None:
+        provenance["crossmodel"] = crossmodel
+    tensors, meta = _finalise(raw, ids, cfg, provenance, fingerprint, run_key=run_key)
+    tensors.update(extra)
+    return tensors, meta
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -829,21 +982,23 @@ def _shard_files(work: Path, n_shards: int):
         yield p, header, start, int(meta["start"]), int(meta["stop"])
 
 
-def _merge_relative_mahalanobis(work: Path, n_shards: int, ids: Sequence[str], plan: dict[str, Any]) -> torch.Tensor:
+def _merge_relative_mahalanobis(work: Path, n_shards: int, ids: Sequence[str], plan: dict[str, Any],
+                                family: str = "meta") -> torch.Tensor:
     """Mahalanobis distances from the shards' anchor-coordinate deltas, streamed twice: first the
     deltas of the calibration samples (at most ``calibration_size`` x L x K), from which one Ledoit-Wolf
     precision per fold and layer is fitted on the other folds' samples; then every shard's distances.
     An anchor's delta has K-1 coordinates (its own is left out), and its covariance is fitted on the
     same K-1 coordinates."""
-    merge_signal(work, n_shards, signal_name("l2"), ids)  # checks every shard's ids and that they tile N
+    merge_signal(work, n_shards, signal_name("l2", family), ids)  # checks every shard's ids and that they tile N
+    delta_name = _delta_name(family)
     fit, folds, anchors = plan["delta_fit"], plan["delta_folds"], plan["anchors"]
     anchor_pos = {int(a): p for p, a in enumerate(anchors.tolist())}
     want = set(fit.tolist())
     rows: dict[int, torch.Tensor] = {}
     for p, header, start, lo, hi in _shard_files(work, n_shards):
-        if f"signals.{DELTA}" not in header:
-            raise DifficultyFileError(f"{p}: no signal {DELTA!r} (needed for mahalanobis)")
-        d = _memmap(p, header, start, f"signals.{DELTA}")
+        if f"signals.{delta_name}" not in header:
+            raise DifficultyFileError(f"{p}: no signal {delta_name!r} (needed for mahalanobis)")
+        d = _memmap(p, header, start, f"signals.{delta_name}")
         for g in range(lo, hi):
             if g in want:
                 rows[g] = torch.from_numpy(np.array(d[g - lo])).double()
@@ -865,7 +1020,7 @@ def _merge_relative_mahalanobis(work: Path, n_shards: int, ids: Sequence[str], p
 
     out = torch.empty(len(ids), n_layers, dtype=torch.float64)
     for p, header, start, lo, hi in _shard_files(work, n_shards):
-        d = torch.from_numpy(np.array(_memmap(p, header, start, f"signals.{DELTA}"))).double()
+        d = torch.from_numpy(np.array(_memmap(p, header, start, f"signals.{delta_name}"))).double()
         for g in range(lo, hi):
             f = int(folds[g])
             pos = anchor_pos.get(g)
@@ -884,9 +1039,19 @@ def _merge_relative_mahalanobis(work: Path, n_shards: int, ids: Sequence[str], p
 
 def _extract_pair(chunk: Sequence[Any], rows: Sequence[int], cloud_ex: Any, edge_ex: Any, mt: Any, dialogue: bool,
                   use_chat_template: bool, ids: Sequence[str], layer_map: Sequence[int] | None,
-                  progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  progress: Callable[[int], None] | None = None, xm: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Both models' pooled vectors of one chunk (``rows``: the chunk's global indices); the cloud's at
-    the mapped layers (all when None). Errors name global sample indices and ids, not chunk rows."""
+    the mapped layers (all when None). Errors name global sample indices and ids, not chunk rows.
+    With ``xm`` (a :class:`~torch_curriculum.crossmodel.CrossModelSignals`): the response-conditioned
+    vectors, cloud already mapped by ``xm.layer_map``."""
+    if xm is not None:
+        try:
+            out = xm.compute(_pairs(chunk, xm, mt), ["response"])
+        except ValueError as e:
+            raise ValueError(_globalise(str(e).replace("sample ", "prompt "), rows, ids)) from e
+        if progress is not None:
+            progress(2 * len(chunk))
+        return (torch.from_numpy(out["response_cloud"]).float(), torch.from_numpy(out["response_edge"]).float())
     out = []
     for side, ex in (("cloud", cloud_ex), ("edge", edge_ex)):
         try:
@@ -907,7 +1072,7 @@ def _extract_pair(chunk: Sequence[Any], rows: Sequence[int], cloud_ex: Any, edge
 
 def _shard_vectors(samples: Sequence[Any], lo: int, hi: int, calib: Calibration, cloud_ex: Any, edge_ex: Any,
                    mt: Any, dialogue: bool, use_chat_template: bool, ids: Sequence[str], layer_map: Sequence[int],
-                   progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   progress: Callable[[int], None] | None = None, xm: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Vectors of samples ``lo..hi-1``: calibration samples' from the calibration pass (they are not run
     twice), the others from both models."""
     need = [g for g in range(lo, hi) if g not in calib._row]
@@ -922,7 +1087,7 @@ def _shard_vectors(samples: Sequence[Any], lo: int, hi: int, calib: Calibration,
             progress(2 * len(have))
     if need:
         cn, en = _extract_pair([samples[g] for g in need], need, cloud_ex, edge_ex, mt, dialogue, use_chat_template,
-                               ids, layer_map, progress=progress)
+                               ids, layer_map, progress=progress, xm=xm)
         if cn.shape[1:] != c.shape[1:] or en.shape[1:] != e.shape[1:]:
             raise ValueError(f"samples {lo}..{hi - 1}: the models returned [{cn.shape[1]}, {cn.shape[2]}] (cloud) and "
                              f"[{en.shape[1]}, {en.shape[2]}] (edge) per sample, the calibration pass "
@@ -930,6 +1095,52 @@ def _shard_vectors(samples: Sequence[Any], lo: int, hi: int, calib: Calibration,
         local = torch.tensor(need) - lo
         c[local], e[local] = cn, en
     return c, e
+
+
+def _pairs(chunk: Sequence[Any], xm: Any, mt: Any) -> list[tuple[Any, str]]:
+    """``(prompt, response)`` pairs of dialogue samples for the cross-model signals (plain prompt
+    layout, ``max_context_turns`` and the system prompt of the config)."""
+    from .data import format_prompts
+
+    prompts = format_prompts(chunk, system_prompt=mt.system_prompt, max_context_turns=mt.max_context_turns,
+                             tokenizer=xm.tokenizers["edge"], use_chat_template=False, max_length=mt.max_length)
+    return [(p, s.response) for p, s in zip(prompts, chunk)]
+
+
+def _shard_signals(samples: Sequence[Any], lo: int, hi: int, calib: Calibration | None, cloud_ex: Any, edge_ex: Any,
+                   mt: Any, dialogue: bool, use_chat_template: bool, ids: Sequence[str], layer_map: Sequence[int],
+                   progress: Callable[[int], None] | None, xm: Any, family: str, shard_metrics: Sequence[str],
+                   xm_names: Sequence[str], reference: Any) -> dict[str, torch.Tensor]:
+    """Every named ``[n, L]`` signal of samples ``lo..hi-1`` (and the relative deltas)."""
+    signals: dict[str, torch.Tensor] = {}
+    if calib is not None:
+        c_vec, e_vec = _shard_vectors(samples, lo, hi, calib, cloud_ex, edge_ex, mt, dialogue, use_chat_template,
+                                      ids, layer_map, progress=progress, xm=xm if family != "meta" else None)
+        if shard_metrics:
+            for k, v in meta_token_signals(c_vec, e_vec, torch.arange(lo, hi), calib).items():
+                base = k[len(SIGNAL) + 1:] if k.startswith(SIGNAL + ".") else None
+                signals[_delta_name(family) if k == DELTA else signal_name(base, family)] = v
+        if "knn_agreement" in xm_names:
+            from .crossmodel import knn_agreement
+
+            signals["knn_agreement"] = torch.from_numpy(knn_agreement(
+                c_vec.double().numpy(), e_vec.double().numpy(), reference, k=mt.knn_k,
+                self_index=reference.self_index(ids[lo:hi])))
+        del c_vec, e_vec
+    scalars = [x for x in xm_names if x in _XM_SCALARS]
+    if scalars:  # one more pass over the shard: prompt + response, whatever the meta-token family
+        rows = list(range(lo, hi))
+        try:
+            out = xm.compute(_pairs([samples[g] for g in rows], xm, mt), scalars)
+        except ValueError as e:
+            raise ValueError(_globalise(str(e).replace("sample ", "prompt "), rows, ids)) from e
+        for x in scalars:
+            v = torch.from_numpy(np.ascontiguousarray(out[x], dtype=np.float64))
+            if not bool(torch.isfinite(v).all()):
+                bad = (~torch.isfinite(v)).any(1).nonzero()[:, 0].tolist()
+                raise ValueError(f"{x} is NaN/Inf for sample(s) {[ids[lo + r] for r in bad[:10]]}")
+            signals[x] = v
+    return signals
 
 
 def _globalise(msg: str, rows: Sequence[int], ids: Sequence[str]) -> str:
@@ -962,14 +1173,14 @@ def _calibration_ok(p: Path, key: str) -> bool:
 
 
 def _write_calibration(p: Path, key: str, index: torch.Tensor, samples: Sequence[Any], cloud_ex: Any, edge_ex: Any,
-                       mt: Any, dialogue: bool, use_chat_template: bool, ids: Sequence[str]) -> None:
+                       mt: Any, dialogue: bool, use_chat_template: bool, ids: Sequence[str], xm: Any = None) -> None:
     """Run both models on the calibration samples (chunks of ``batch_size`` at a time, so memory is
     bounded by the calibration set's vectors) and write them with the resolved layer map."""
     idx = index.tolist()
     probe = idx[:1] if idx else [0]
     c0, e0 = _extract_pair([samples[i] for i in probe], probe, cloud_ex, edge_ex, mt, dialogue,
-                           use_chat_template, ids, None)
-    layer_map = resolve_layer_map(mt.layer_map, e0.shape[1], c0.shape[1])
+                           use_chat_template, ids, None, xm=xm)
+    layer_map = list(xm.layer_map) if xm is not None else resolve_layer_map(mt.layer_map, e0.shape[1], c0.shape[1])
     if mt.pooling == "meta" and e0.shape[1] != c0.shape[1]:
         raise ValueError(f"pooling='meta': the cloud returned {c0.shape[1]} meta tokens and the edge {e0.shape[1]}")
     cloud = torch.empty(len(idx), len(layer_map), c0.shape[2], dtype=torch.float32)
@@ -979,7 +1190,7 @@ def _write_calibration(p: Path, key: str, index: torch.Tensor, samples: Sequence
         rows = idx[s:s + step]
         try:
             c, e = _extract_pair([samples[i] for i in rows], rows, cloud_ex, edge_ex, mt, dialogue,
-                                 use_chat_template, ids, layer_map)
+                                 use_chat_template, ids, layer_map, xm=xm)
         except ValueError as err:
             raise ValueError(f"calibration pass: {err}") from err
         cloud[s:s + len(rows)] = c
@@ -988,7 +1199,8 @@ def _write_calibration(p: Path, key: str, index: torch.Tensor, samples: Sequence
                       {"format": _CALIB_SCHEMA, "calibration_key": key, "layer_map": _json(layer_map)})
 
 
-def _load_calibration(p: Path, plan: dict[str, Any], mt: Any) -> tuple[Calibration, list[int]]:
+def _load_calibration(p: Path, plan: dict[str, Any], mt: Any,
+                      metrics: Sequence[str] | None = None) -> tuple[Calibration, list[int]]:
     header, start = read_safetensors_header(p)
     meta = header.get("__metadata__") or {}
     layer_map = json.loads(meta["layer_map"])
@@ -999,7 +1211,7 @@ def _load_calibration(p: Path, plan: dict[str, Any], mt: Any) -> tuple[Calibrati
     edge = torch.from_numpy(np.array(_memmap(p, header, start, "edge")))
     calib = Calibration(index, cloud, edge, alignment=mt.alignment, metric=mt.distance_metric,
                         anchors=plan["anchors"], folds=plan["folds"], fit=plan["fit"], alpha=mt.ridge_alpha,
-                        kl_temperature=mt.kl_temperature)
+                        kl_temperature=mt.kl_temperature, metrics=metrics)
     return calib, layer_map
 
 

@@ -28,7 +28,7 @@ def summarise(ds) -> dict:
 
     p = ds.provenance
     models = p.get("models") or {}
-    align = p.get("alignment") or {}
+    align = p.get("alignment") if isinstance(p.get("alignment"), dict) else {}  # a str in cross-model files
     q = torch.tensor(_Q, dtype=torch.float64)
     raw, norm = ds.raw_layer_diffs, ds.layer_diffs
     stages = torch.bincount(ds.stage.long(), minlength=len(p.get("stage_percentiles", [])) + 1)[1:].tolist()
@@ -42,7 +42,8 @@ def summarise(ds) -> dict:
     return {
         "file": str(ds.path), "num_samples": len(ds), "num_layers": ds.num_layers,
         "models": {"cloud": model("cloud"), "edge": model("edge")},
-        "metric": p.get("metric"), "pooling": p.get("pooling"), "alignment": align.get("method"),
+        "signal": p.get("signal"), "metric": p.get("metric") if "distance" in str(p.get("signal")) else None,
+        "pooling": p.get("pooling"), "alignment": align.get("method"),
         "num_anchors": align.get("num_anchors"), "anchor_ids": (align.get("anchor_ids") or [])[:5],
         "calibration_size": align.get("calibration_size"), "normalization": p.get("normalization"),
         "top_k": p.get("top_k"), "tau": p.get("tau"), "primary_score": p.get("primary_score_name"),
@@ -66,6 +67,7 @@ def _text(s: dict) -> str:
         m = s["models"][side]
         lines.append(f"  {side:5s}  {m['name_or_path'] or m['cli_spec'] or '?'}  [{m['model_type']}, "
                      f"{m['num_hidden_layers']} layers x {m['hidden_size']}, {m['compute_dtype']}]  {m['weights_digest']}")
+    lines.append(f"  signal {s['signal']}")
     lines.append(f"  metric {s['metric']}, pooling {s['pooling']}, alignment {s['alignment']}"
                  + (f" (K={s['num_anchors']} anchors, e.g. {s['anchor_ids'][:3]})" if s["num_anchors"] else "")
                  + (f", calibration {s['calibration_size']}" if s["calibration_size"] else ""))

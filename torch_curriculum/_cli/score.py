@@ -58,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     o.add_argument("--calibration-size", type=int, default=1024, metavar="N",
                    help="samples the ridge maps / Mahalanobis covariances are fitted on (default: 1024)")
     o.add_argument("--work-dir", default=None, metavar="DIR", help="shard folder (default: OUT.work; new or empty)")
+    o.add_argument("--signal", default=None, metavar="NAME",
+                   help="meta_token.signal: meta (prompt-only meta tokens), response, logit_lens_gap, edge_bpb, "
+                        "vocab_kl, uld or knn_agreement (default: the config's, else meta)")
+    o.add_argument("--also", action="append", default=[], metavar="NAME=FILE",
+                   help="an extra difficulty file from the same model passes: a metric (l2, cosine, "
+                        "coord_softmax_kl, mahalanobis) or a cross-model signal name (repeatable)")
     o.add_argument("--overwrite", action="store_true", help="replace an output of another run")
     o.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads per process")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -176,6 +182,22 @@ def run(args: argparse.Namespace) -> int:
         cfg = CurriculumConfig.from_yaml(args.config)
     else:
         cfg = CurriculumConfig()
+    if args.signal is not None:
+        from ..config import ConfigError
+
+        cfg.meta_token.signal = args.signal
+        try:
+            cfg.meta_token.validate()
+        except ConfigError as e:
+            raise CLIError(f"--signal {args.signal}: {e}") from None
+    outputs = {}
+    for item in args.also:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise CLIError(f"--also {item!r}: expected NAME=FILE, e.g. --also mahalanobis=maha.safetensors")
+        if name in outputs:
+            raise CLIError(f"--also {name}: given twice")
+        outputs[name] = Path(path)
     device = _device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     samples = load_samples(args)
@@ -208,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
             ds = precompute(samples, cloud, edge, out, cfg, labels_path=args.labels, shard_size=args.shard_size,
                             work_dir=args.work_dir, progress=rank == 0 and not args.no_progress,
                             overwrite=args.overwrite, calibration_size=args.calibration_size, dtype=dtype,
+                            outputs=outputs or None,
                             model_info={"cloud": {"cli_spec": args.cloud}, "edge": {"cli_spec": args.edge}})
         except (ValueError, RuntimeError) as e:
             from ..dataset import DifficultyFileError
@@ -219,7 +242,9 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(str(e).strip().splitlines()[0]) from None
         if rank == 0:
             stages = torch.bincount(ds.stage.long(), minlength=len(cfg.curriculum.stage_percentiles) + 1)[1:]
-            sys.stdout.write(json.dumps({"out": str(out), "labels": args.labels, "samples": len(ds),
+            sys.stdout.write(json.dumps({"out": str(out), "signal": ds.provenance.get("signal"),
+                                         "also": {k: str(v) for k, v in outputs.items()},
+                                         "labels": args.labels, "samples": len(ds),
                                          "layers": ds.num_layers, "world_size": world,
                                          "dtype": str(dtype).replace("torch.", ""),
                                          "samples_per_stage": stages.tolist()}) + "\n")

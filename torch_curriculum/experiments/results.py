@@ -419,7 +419,7 @@ def _h1(signals: Mapping[str, Any], targets: Mapping[str, Any], primary: str | N
         order = sorted(out_signals, key=lambda s, t=tname: (
             -abs(out_signals[s]["by_target"][t]["spearman"]), s))
         meta = [s for s in order if out_signals[s]["kind"] == "meta_token"]
-        ctrl = [s for s in order if out_signals[s]["kind"] != "meta_token"]
+        ctrl = [s for s in order if out_signals[s]["kind"] == "control"]
         if not meta or not ctrl:
             continue
         a = np.asarray(signals[meta[0]], dtype=np.float64).ravel()
@@ -573,7 +573,7 @@ def build_results(run_records: Sequence[Mapping[str, Any]], *,
         targets (Mapping[str, array] | None): per-sample "what hard means" ``[N]`` (NaN where not
             measured, e.g. a sample never drawn); required with ``signals``.
         primary_target (str | None): target the H1 ranking uses. Default: the first target.
-        signal_info (Mapping | None): per signal ``{"kind": "meta_token" | "control",
+        signal_info (Mapping | None): per signal ``{"kind": "meta_token" | "crossmodel" | "control",
             "description": str}``. Default: kind from the name (``meta*`` = meta_token).
         target_descriptions (Mapping[str, str] | None): what each target is, for the report.
         baseline (str): the baseline strategy. Default ``"random"``.

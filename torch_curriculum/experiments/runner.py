@@ -99,7 +99,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
                  "generator": (dict, {}), "autocast": (str, "auto")},
     "h1": {"metrics": (list, list(METRICS)), "poolings": (list, ["mean"]), "n_boot": (int, 1000),
            "signal_batch_size": (int, 8), "confidence": ((int, float), 0.95),
-           "grad_samples": (int, 0), "heldout": (bool, False)},
+           "grad_samples": (int, 0), "heldout": (bool, False), "signals": (list, [])},
     "analysis": {"target": (str, "pooled"),
                  "target_fraction": ((int, float), 0.5), "power": ((int, float), 0.8)},
 }
@@ -232,6 +232,12 @@ def validate_preset(data: Any) -> dict[str, Any]:
     for p in h1["poolings"]:
         if p not in ("mean", "last"):
             raise PresetError(f"h1.poolings: {p!r} is not a pooling the runner can extract (mean, last)")
+    for x in h1["signals"]:
+        if x not in XM_H1_SIGNALS:
+            raise PresetError(f"h1.signals: {x!r} is not a cross-model signal the runner writes from the meta-token "
+                              f"pass; valid: {', '.join(XM_H1_SIGNALS)}")
+    if len(set(h1["signals"])) != len(h1["signals"]):
+        raise PresetError(f"h1.signals: listed twice: {h1['signals']}")
     mt = cur.meta_token
     if mt.distance_metric not in h1["metrics"]:
         raise PresetError(f"h1.metrics: must include the curriculum's metric {mt.distance_metric!r}")
@@ -239,6 +245,7 @@ def validate_preset(data: Any) -> dict[str, Any]:
         raise PresetError(f"h1.poolings: must include the curriculum's pooling {mt.pooling!r}")
     if h1["n_boot"] < 10 or h1["signal_batch_size"] < 1 or not 0 < h1["confidence"] < 1:
         raise PresetError("h1: n_boot must be >= 10, signal_batch_size >= 1, confidence in (0, 1)")
+    _check_precompute_sizes(cfg, cur, h1)
     t = cur.training
     if cur.curriculum.pacing == "step" and t.steps_per_epoch and \
             t.curriculum_end_epoch * t.steps_per_epoch > tr["steps"]:
@@ -446,24 +453,79 @@ def _curriculum_config(cfg: Mapping[str, Any], **meta: Any) -> CurriculumConfig:
     return CurriculumConfig.from_dict(d)
 
 
+def _check_precompute_sizes(cfg: Mapping[str, Any], cur: CurriculumConfig, h1: Mapping[str, Any]) -> None:
+    """The precomputes the preset will run are possible with its sample counts (checked before any model
+    loads: e.g. Mahalanobis under ``relative`` alignment needs samples outside the anchors)."""
+    import warnings
+
+    from ..precompute import _plan
+
+    splits = [("data.train_samples", cfg["data"]["train_samples"], False)]
+    if h1["heldout"]:
+        splits.append(("data.val_samples (h1.heldout scores the validation split too)", cfg["data"]["val_samples"],
+                       True))
+    for field, n, heldout in splits:
+        ccfg = copy.deepcopy(cur)
+        ccfg.meta_token.num_anchors = _num_anchors(cur.meta_token.num_anchors, int(n), heldout)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _plan(int(n), ccfg, 1024, None, list(h1["metrics"]))
+        except ValueError as e:
+            raise PresetError(f"{field}={n}: too few samples for the h1 precompute: {e}") from None
+
+
+#: cross-model signals of ``h1.signals`` (extra outputs of the curriculum pooling's precompute; ``response``
+#: and ``knn_agreement`` need response-conditioned vectors, not the prompt-only ones the runner extracts)
+XM_H1_SIGNALS = ("logit_lens_gap", "edge_bpb", "vocab_kl", "uld")
+
+
+def _xm_path(ddir: Path, name: str) -> Path:
+    return ddir / f"crossmodel_{name}.safetensors"
+
+
+def _num_anchors(k: int, n: int, heldout: bool) -> int:
+    """Anchors of a split's precompute: the configured K for the training split; for the held-out split
+    at most a quarter of its samples (at least 4), so that samples outside the anchors remain to fit the
+    Mahalanobis covariances on (H1 (a) correlates within the split, so its anchor space need not be the
+    training split's; the file's provenance records K)."""
+    return k if not heldout else min(k, max(4, n // 4))
+
+
 def precompute_difficulty(cfg: Mapping[str, Any], train: Sequence[Any], models: Mapping[str, Any],
-                          out: Path) -> dict[tuple[str, str], MetaTokenDifficultyDataset]:
+                          out: Path, *, heldout: bool = False) -> dict[tuple[str, str], MetaTokenDifficultyDataset]:
     """One difficulty file per (pooling, metric); the models run once per pooling.
 
-    The shards of a pooling's extraction (``difficulty/work_<pooling>``) are kept, so the files of
-    the other metrics are merges of the same pooled vectors (no model run).
+    Each pooling is one :func:`torch_curriculum.precompute.precompute` call whose primary file is the
+    first of ``h1.metrics`` and whose ``outputs=`` are the others: one pass over the models per pooling,
+    every metric from the same shards (``difficulty/work_<pooling>``, deleted after the merge).
+    ``heldout``: the validation split (fewer anchors, see :func:`_num_anchors`). The cross-model
+    signals of ``h1.signals`` are outputs of the curriculum pooling's run too (one more
+    prompt+response pass per shard), keyed ``("crossmodel", name)``.
     """
     files = {}
     ddir = out / "difficulty"
     ddir.mkdir(parents=True, exist_ok=True)
+    metrics = list(cfg["h1"]["metrics"])
+    k_cfg = _curriculum_config(cfg).meta_token.num_anchors
+    k = _num_anchors(k_cfg, len(train), heldout)
+    if k != k_cfg:
+        logger.warning("held-out difficulty: %d anchors instead of num_anchors=%d (N=%d samples; samples outside "
+                       "the anchors fit the Mahalanobis covariances)", k, k_cfg, len(train))
+    main_pooling = _curriculum_config(cfg).meta_token.pooling
+    xm = list(cfg["h1"].get("signals", []))
     for pooling in cfg["h1"]["poolings"]:
-        for metric in cfg["h1"]["metrics"]:
-            ccfg = _curriculum_config(cfg, pooling=pooling, distance_metric=metric)
-            path = ddir / f"{pooling}_{metric}.safetensors"
-            logger.info("difficulty: pooling=%s metric=%s -> %s", pooling, metric, path)
-            files[(pooling, metric)] = MetaTokenDifficultyDataset.precompute(
-                train, models["cloud"], models["edge"], path, ccfg, work_dir=ddir / f"work_{pooling}_{metric}",
-                model_info=models["info"])
+        paths = {m: ddir / f"{pooling}_{m}.safetensors" for m in metrics}
+        extra = {x: _xm_path(ddir, x) for x in xm} if pooling == main_pooling else {}
+        ccfg = _curriculum_config(cfg, pooling=pooling, distance_metric=metrics[0], num_anchors=k)
+        logger.info("difficulty: pooling=%s metrics=%s -> %s", pooling, ", ".join(metrics + list(extra)), ddir)
+        MetaTokenDifficultyDataset.precompute(
+            train, models["cloud"], models["edge"], paths[metrics[0]], ccfg, work_dir=ddir / f"work_{pooling}",
+            model_info=models["info"], outputs={**{m: paths[m] for m in metrics[1:]}, **extra})
+        for m in metrics:
+            files[(pooling, m)] = MetaTokenDifficultyDataset(paths[m])
+        for x, p in extra.items():
+            files[("crossmodel", x)] = MetaTokenDifficultyDataset(p)
     return files
 
 
@@ -906,6 +968,15 @@ def h1_signals(cfg: Mapping[str, Any], files: Mapping[tuple[str, str], MetaToken
     """Every meta-token aggregate x metric x pooling, plus the cheap signals."""
     signals, info = {}, {}
     for (pooling, metric), ds in files.items():
+        if pooling == "crossmodel":
+            for agg in AGGREGATE_KEYS:
+                name = f"xm_{metric}_{agg}"
+                signals[name] = ds.scores(agg).numpy().astype(np.float64)
+                label = f"top{ds.top_k}_mean" if agg == "topk_mean" else agg
+                info[name] = {"kind": "crossmodel",
+                              "description": f"cross-model signal {metric} (torch_curriculum.crossmodel, reads the "
+                                             f"response), {label} over rank-normalised layers"}
+            continue
         for agg in AGGREGATE_KEYS:
             name = f"meta_{metric}_{pooling}_{agg}"
             signals[name] = ds.scores(agg).numpy().astype(np.float64)
@@ -937,6 +1008,9 @@ def _load_difficulty(cfg: Mapping[str, Any], ddir: Path) -> dict[tuple[str, str]
             path = ddir / f"{pooling}_{metric}.safetensors"
             if path.is_file():
                 files[(pooling, metric)] = MetaTokenDifficultyDataset(path)
+    for x in cfg["h1"].get("signals", []):
+        if _xm_path(ddir, x).is_file():
+            files[("crossmodel", x)] = MetaTokenDifficultyDataset(_xm_path(ddir, x))
     return files
 
 
@@ -1012,7 +1086,7 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
     if cfg["h1"]["heldout"]:  # H1 (a): the same signals on the held-out validation samples
         t0 = time.perf_counter()
         (out / "heldout").mkdir(exist_ok=True)
-        precompute_difficulty(cfg, val, models, out / "heldout")
+        precompute_difficulty(cfg, val, models, out / "heldout", heldout=True)
         compute_signals(cfg, val, models, out / "heldout", signal_key + "-val")
         timings["heldout_signals_s"] = time.perf_counter() - t0
 
