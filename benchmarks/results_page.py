@@ -1,6 +1,8 @@
 """Write docs/results.md (the measured verdicts) from the committed results directories.
 
 Run: ``python benchmarks/results_page.py`` (after ``torch-curriculum report`` on each directory).
+The plots the page shows are copied into ``docs/assets/results/<preset>/`` (the page may link nothing
+outside ``docs/``: ``mkdocs build --strict`` rejects it); report.md files are named as code paths.
 """
 from pathlib import Path
 
@@ -16,5 +18,7 @@ ENTRIES = [
 
 if __name__ == "__main__":
     page = ROOT / "docs" / "results.md"
-    page.write_text(results_page(ENTRIES, page_dir=page.parent), encoding="utf-8")
+    text = results_page(ENTRIES, page_dir=page.parent, assets_dir=ROOT / "docs/assets/results",
+                        results_root=ROOT / "benchmarks/results", repo_root=ROOT)
+    page.write_text(text, encoding="utf-8")
     print(page)

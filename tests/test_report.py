@@ -558,3 +558,47 @@ def test_real_train_generator_log_feeds_build_results(tmp_path):
 ])
 def test_h2_verdict_needs_both_tests_to_agree(ci, p, verdict):
     assert report._h2_verdict(ci, p) == verdict
+
+
+def test_results_page_links_nothing_outside_the_docs(tmp_path):
+    """docs/results.md must pass `mkdocs build --strict`: plots copied into the docs, report.md as code paths."""
+    import re
+
+    src = ROOT / "benchmarks/results/cpu_v1"
+    docs = tmp_path / "docs"
+    page = report.results_page([("old", src), ("missing", ROOT / "benchmarks/results/nope")], page_dir=docs,
+                               assets_dir=docs / "assets/results", results_root=ROOT / "benchmarks/results",
+                               repo_root=ROOT)
+    links = re.findall(r"\]\(([^)]+)\)", page)
+    assert links == ["guides/experiments.md", "assets/results/cpu_v1/learning_curves.png"]
+    copied = docs / links[1]
+    assert copied.read_bytes() == (src / "plots/learning_curves.png").read_bytes()
+    assert "Full report: `benchmarks/results/cpu_v1/report.md`" in page
+    assert "Not run yet: there is no `benchmarks/results/nope/results.json`" in page
+    with pytest.raises(ValueError, match="share the assets folder"):
+        report.results_page([("a", src), ("b", src)], page_dir=docs, assets_dir=docs / "assets")
+    # without an assets folder nothing is copied or linked: the plots are named as code paths
+    plain = report.results_page([("old", src)], repo_root=ROOT)
+    assert re.findall(r"\]\(([^)]+)\)", plain) == ["guides/experiments.md"]
+    assert "`benchmarks/results/cpu_v1/plots/learning_curves.png`" in plain
+
+
+def test_committed_results_page_is_current(tmp_path):
+    """docs/results.md and its copied plots are what benchmarks/results_page.py writes from the committed results."""
+    docs = tmp_path / "docs"
+    page = report.results_page(_results_page_entries(), page_dir=docs, assets_dir=docs / "assets/results",
+                               results_root=ROOT / "benchmarks/results", repo_root=ROOT)
+    assert (ROOT / "docs/results.md").read_text(encoding="utf-8") == page
+    copied = sorted(f.relative_to(docs) for f in docs.rglob("*.png"))
+    assert copied, "the page shows no plot"
+    for rel in copied:
+        assert (ROOT / "docs" / rel).read_bytes() == (docs / rel).read_bytes(), f"docs/{rel} is stale"
+
+
+def _results_page_entries():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_results_page_script", ROOT / "benchmarks/results_page.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.ENTRIES

@@ -818,7 +818,10 @@ def compute_signals(cloud: tuple[nn.Module, Any], edge: tuple[nn.Module, Any], s
         edge (tuple): ``(model, tokenizer)`` of the edge LM.
         samples (Sequence): ``(prompt, response)`` pairs.
         signals (Sequence[str] | str): names from :data:`SIGNALS`. Default ``("logit_lens_gap",)``.
-        reference, sample_ids: for ``knn_agreement`` (see :meth:`CrossModelSignals.compute`).
+        reference (KnnReference | None): for ``knn_agreement`` (see :meth:`CrossModelSignals.compute`).
+            Default None.
+        sample_ids (Sequence[str] | None): for ``knn_agreement`` (see :meth:`CrossModelSignals.compute`).
+            Default None.
         **kwargs: :class:`CrossModelSignals` settings (``layer_map``, ``pooling``, ``batch_size`` ...).
 
     Returns:

@@ -214,7 +214,12 @@ def ifd_scores(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], *, 
     well below 1 it helps a lot.
 
     Args:
-        model, tokenizer, pairs, batch_size, max_length, add_eos: as in :func:`response_losses`.
+        model (Any): a Hugging Face causal LM, as in :func:`response_losses`.
+        tokenizer (Any): its tokenizer.
+        pairs (Sequence[tuple[str, str]]): ``(prompt, response)`` per sample.
+        batch_size (int): samples per forward pass. Default 8.
+        max_length (int | None): token limit (see :func:`tokenize_pairs`). Default None.
+        add_eos (bool): score EOS after the response too. Default True.
         conditional (np.ndarray | None): already computed ``response_losses(..., with_prompt=True)``
             (saves one pass). Default None.
 

@@ -115,11 +115,18 @@ class PacingCallback(LossFeeder, TrainerCallback):
     and strings are left out, lists are logged as ``curriculum/<key>_count``; the full state is in
     :attr:`state`), including ``trainer.state.log_history``. Epochs are the loader's business
     (:class:`CurriculumDataLoader`); this callback does not call ``set_epoch``. In a hand-written
-    loop it is still a plain callable: ``pacing(loss)``.
+    loop it is still a plain callable: ``pacing(loss)``. The arguments are those of
+    :class:`~torch_curriculum.pacing.LossFeeder`.
 
-    Args: as :class:`torch_curriculum.pacing.LossFeeder` (``sampler``, ``smoothing=0.9``,
-        ``window=None``, ``loss_key="loss"``, ``log_state=True``, ``reduce="mean"``,
-        ``prefix="curriculum/"``).
+    Args:
+        sampler (Any): a curriculum sampler (has ``update(loss)``, ``state``, ``set_epoch``).
+        smoothing (float | None): EMA factor in [0, 1); 0 or None feeds the raw loss. Default 0.9.
+        window (int | None): moving average over the last ``window`` losses instead of the EMA.
+            Default None.
+        loss_key (str): key of the training loss in the Trainer's logs. Default ``"loss"``.
+        log_state (bool): write the sampler state into the Trainer's logs. Default True.
+        reduce (str): ``"mean"`` (average over ranks) or ``"none"``. Default ``"mean"``.
+        prefix (str): prefix of the logged keys. Default ``"curriculum/"``.
 
     Raises:
         TypeError: ``sampler`` has no callable ``update``.

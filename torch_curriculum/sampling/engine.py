@@ -140,6 +140,7 @@ class Timeline:
 
     @property
     def unit(self) -> str:
+        """The clock's unit: ``"steps"`` for a step budget, else ``"epochs"``."""
         return "steps" if self.budget else "epochs"
 
     def bounds(self) -> tuple[float, float, float]:
@@ -153,6 +154,16 @@ class Timeline:
         return e - s - w
 
     def clock(self, epoch: int, step: int) -> float:
+        """The clock reading at ``(epoch, step)``, in :attr:`unit`.
+
+        Args:
+            epoch (int): current epoch.
+            step (int): global optimiser step.
+
+        Returns:
+            float: ``step`` for a step budget; ``step / steps_per_epoch`` (fractional epochs) under
+            step pacing; else ``epoch``.
+        """
         if self.budget:
             return float(step)
         if self.pacing == "step":

@@ -182,6 +182,15 @@ class EasyToHardSchedule(Schedule):
         self.strict_order = bool(strict_order)
 
     def pace(self, time: Any) -> Pace:
+        """Primary-score pool at ``time``: the first stage's percentile in warm-up, then grown by the pacing function.
+
+        Args:
+            time (Time): the curriculum time (:class:`~torch_curriculum.sampling.engine.Time`).
+
+        Returns:
+            Pace: only the phase before/after the curriculum (everything eligible); otherwise the primary
+            score, the percentile, ``strict_order`` and the stage that percentile falls in.
+        """
         if time.phase in ("before", "after"):
             return Pace(phase=time.phase)
         sp = self.stage_percentiles
@@ -190,6 +199,11 @@ class EasyToHardSchedule(Schedule):
         return Pace(phase=time.phase, score=_PRIMARY, percentile=p, strict=self.strict_order, stage=_stage_of(sp, p))
 
     def stage_specs(self) -> list[tuple[ScoreSpec, float]]:
+        """One stage per bound, all ordered by the primary score.
+
+        Returns:
+            list[tuple[ScoreSpec, float]]: ``(primary score, stage_percentiles[s-1])`` per stage.
+        """
         return [(_PRIMARY, p) for p in self.stage_percentiles]
 
 
@@ -235,17 +249,41 @@ class LayerWiseSchedule(Schedule):
         return min(1 + int(time.rel * self.num_stages / time.span), self.num_stages)
 
     def stage_pace(self, time: Any, percentile: float) -> Pace:
+        """The pace of the stage at ``time`` with a given pool percentile (used by :class:`HybridSchedule`).
+
+        Args:
+            time (Time): the curriculum time (:class:`~torch_curriculum.sampling.engine.Time`).
+            percentile (float): the pool's upper percentile.
+
+        Returns:
+            Pace: the stage, its active-layer score, ``percentile``, and the active layers (also the
+            trainable ones).
+        """
         s = self.stage_at(time)
         layers = tuple(range(self.n_active(s)))
         return Pace(phase=time.phase, score=self.score_of(s), percentile=percentile, strict=self.strict_order,
                     stage=s, active_layers=layers, trainable=layers)
 
     def pace(self, time: Any) -> Pace:
+        """The stage's pool at ``time``: its active-layer score up to its ``stage_percentiles`` bound.
+
+        Args:
+            time (Time): the curriculum time (:class:`~torch_curriculum.sampling.engine.Time`).
+
+        Returns:
+            Pace: only the phase before/after the curriculum; otherwise :meth:`stage_pace` with the
+            stage's bound.
+        """
         if time.phase in ("before", "after"):
             return Pace(phase=time.phase)
         return self.stage_pace(time, self.stage_percentiles[self.stage_at(time) - 1])
 
     def stage_specs(self) -> list[tuple[ScoreSpec, float]]:
+        """Per stage: the score over its active layers and its bound.
+
+        Returns:
+            list[tuple[ScoreSpec, float]]: ``(score_of(s), stage_percentiles[s-1])`` per stage s.
+        """
         return [(self.score_of(s + 1), p) for s, p in enumerate(self.stage_percentiles)]
 
 
@@ -314,11 +352,26 @@ class DynamicSchedule(Schedule):
             self.threshold = sum(self.losses) / len(self.losses)
 
     def observe(self, loss: float, time: Any) -> None:
+        """Move ``p`` up or down by the loss (curriculum phase only), then record the loss.
+
+        Args:
+            loss (float): the (smoothed, rank-averaged) loss.
+            time (Time): the curriculum time (:class:`~torch_curriculum.sampling.engine.Time`).
+        """
         if time.phase == "curriculum":
             self.move(loss, self.min_percentile, 1.0)
         self.record(loss)
 
     def pace(self, time: Any) -> Pace:
+        """Primary-score pool at ``time``: the first stage's percentile in warm-up, else the current ``p``.
+
+        Args:
+            time (Time): the curriculum time (:class:`~torch_curriculum.sampling.engine.Time`).
+
+        Returns:
+            Pace: only the phase before/after the curriculum; otherwise the primary score, the
+            percentile, ``strict_order`` and the stage that percentile falls in.
+        """
         if time.phase in ("before", "after"):
             return Pace(phase=time.phase)
         p = self.stage_percentiles[0] if time.phase == "warmup" else self.p
@@ -326,12 +379,30 @@ class DynamicSchedule(Schedule):
                     stage=_stage_of(self.stage_percentiles, p))
 
     def stage_specs(self) -> list[tuple[ScoreSpec, float]]:
+        """Stages for reporting, all ordered by the primary score.
+
+        Returns:
+            list[tuple[ScoreSpec, float]]: ``(primary score, stage_percentiles[s-1])`` per stage.
+        """
         return [(_PRIMARY, p) for p in self.stage_percentiles]
 
     def state_dict(self) -> dict[str, Any]:
+        """The moving state.
+
+        Returns:
+            dict[str, Any]: ``{"p", "losses" (the recent-loss window), "threshold"}``.
+        """
         return {"p": self.p, "losses": list(self.losses), "threshold": self.threshold}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` after checking every field.
+
+        Args:
+            state (dict[str, Any]): as returned by :meth:`state_dict`.
+
+        Raises:
+            ValueError: a field is missing, not finite, or ``p`` is outside ``[min_percentile, 1]``.
+        """
         super().load_state_dict(state)
         for key in ("p", "losses", "threshold"):
             if key not in state:
@@ -352,6 +423,11 @@ class DynamicSchedule(Schedule):
         self.threshold = float(thr)
 
     def log_state(self) -> dict[str, Any]:
+        """Extra keys for ``sampler.state``.
+
+        Returns:
+            dict[str, Any]: ``{"loss_threshold": the current threshold}`` (moves with ``adaptive_threshold``).
+        """
         return {"loss_threshold": self.threshold}
 
 
@@ -381,26 +457,64 @@ class HybridSchedule(Schedule):
         return (self.dynamic.min_percentile if stage == 1 else sp[stage - 2]), sp[stage - 1]
 
     def observe(self, loss: float, time: Any) -> None:
+        """Move the dynamic ``p`` within the current stage's band (warm-up and curriculum), then record the loss.
+
+        Args:
+            loss (float): the (smoothed, rank-averaged) loss.
+            time (Time): the curriculum time (:class:`~torch_curriculum.sampling.engine.Time`).
+        """
         if time.phase in ("warmup", "curriculum"):
             self.dynamic.move(loss, *self.band(self.layer_wise.stage_at(time)))
         self.dynamic.record(loss)
 
     def pace(self, time: Any) -> Pace:
+        """The layer-wise stage at ``time`` with the dynamic ``p`` clamped into that stage's :meth:`band`.
+
+        Args:
+            time (Time): the curriculum time (:class:`~torch_curriculum.sampling.engine.Time`).
+
+        Returns:
+            Pace: only the phase before/after the curriculum; otherwise as
+            :meth:`LayerWiseSchedule.stage_pace`.
+        """
         if time.phase in ("before", "after"):
             return Pace(phase=time.phase)
         lo, hi = self.band(self.layer_wise.stage_at(time))
         return self.layer_wise.stage_pace(time, min(max(self.dynamic.p, lo), hi))
 
     def stage_specs(self) -> list[tuple[ScoreSpec, float]]:
+        """The layer-wise stages.
+
+        Returns:
+            list[tuple[ScoreSpec, float]]: :meth:`LayerWiseSchedule.stage_specs`.
+        """
         return self.layer_wise.stage_specs()
 
     def state_dict(self) -> dict[str, Any]:
+        """The dynamic part's state.
+
+        Returns:
+            dict[str, Any]: :meth:`DynamicSchedule.state_dict`.
+        """
         return self.dynamic.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` into the dynamic part.
+
+        Args:
+            state (dict[str, Any]): as returned by :meth:`state_dict`.
+
+        Raises:
+            ValueError: see :meth:`DynamicSchedule.load_state_dict`.
+        """
         self.dynamic.load_state_dict(state)
 
     def log_state(self) -> dict[str, Any]:
+        """Extra keys for ``sampler.state``.
+
+        Returns:
+            dict[str, Any]: :meth:`DynamicSchedule.log_state`.
+        """
         return self.dynamic.log_state()
 
 
@@ -479,6 +593,16 @@ class LayerSpecificSchedule(Schedule):
                     current_layer=grp[0], trainable=grp)
 
     def pace(self, time: Any) -> Pace:
+        """The pool at ``time``: warm-up on group 0, phase 1 one layer group at a time, then phase 2.
+
+        Args:
+            time (Time): the curriculum time (:class:`~torch_curriculum.sampling.engine.Time`).
+
+        Returns:
+            Pace: only the phase before/after the curriculum; in warm-up and phase 1 the current group's
+            mean score, its percentile (1.0 unless ``phase1_growth``), ``current_layer`` and the group's
+            layers as trainable; in phase 2 everything (``random``) or the primary score paced easy to hard.
+        """
         if time.phase in ("before", "after"):
             return Pace(phase=time.phase)
         sp = self.stage_percentiles
@@ -498,6 +622,11 @@ class LayerSpecificSchedule(Schedule):
         return Pace(phase="phase2", score=_PRIMARY, percentile=p, strict=self.strict_order)
 
     def stage_specs(self) -> list[tuple[ScoreSpec, float]]:
+        """Stages of the primary score, which orders phase 2 (phase 1 uses each group's own score).
+
+        Returns:
+            list[tuple[ScoreSpec, float]]: ``(primary score, stage_percentiles[s-1])`` per stage.
+        """
         # phase 1 orders the whole data set by each group's score; the stages here are those of the
         # primary score, which orders phase 2 (easy_to_hard) and is what the file's stage describes
         return [(_PRIMARY, p) for p in self.stage_percentiles]
