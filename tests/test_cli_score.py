@@ -111,8 +111,13 @@ def test_hf_dataset_as_base_dataset_rejects_a_shuffled_one(env, tmp_path, capsys
     kw = {"persona_column": "who", "context_column": "turns", "response_column": "answer", "id_column": "uid"}
     ds = MetaTokenDifficultyDataset(out, base_dataset=HFDialogueDataset(hf, **kw))
     assert ds[3]["uid"] == "conv003"
-    with pytest.raises(DifficultyFileError, match="fingerprint"):
+    # the ids are compared first: a shuffled dataset is refused naming the first misplaced row
+    with pytest.raises(DifficultyFileError, match=r"base dataset item 0 has sample_id 'conv\d+' but the file "
+                                                 r"scores 'conv000'.*not in the file's order"):
         MetaTokenDifficultyDataset(out, base_dataset=HFDialogueDataset(hf.shuffle(seed=1), **kw))
+    # and a bare datasets.Dataset (no HFDialogueDataset wrapper) through its id column
+    with pytest.raises(DifficultyFileError, match="not in the file's order"):
+        MetaTokenDifficultyDataset(out, base_dataset=hf.shuffle(seed=1), id_column="uid")
 
 
 def test_score_signal_then_inspect(env, tmp_path, capsys):
