@@ -123,3 +123,28 @@ def test_signal_input_errors(tmp_path, models, dialogues):
     with pytest.raises(ValueError, match=r"meta_token.knn_k=10: the k-NN reference set is the 8 calibration"):
         precompute(dialogues, cloud, edge, tmp_path / "x.safetensors", _cfg(signal="knn_agreement", knn_k=10),
                    progress=False)
+
+
+def test_response_family_computes_the_arrays_in_the_vectors_pass(tmp_path, models, dialogues):
+    cloud, edge = models
+    calls = [0]
+    h = cloud[0].get_decoder().register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        counts = {}
+        for name, cfg, outs in (("resp", _cfg(signal="response"), None), ("uld", _cfg(signal="uld"), None),
+                                ("both", _cfg(signal="response"), {"uld": tmp_path / "both_uld.safetensors"})):
+            calls[0] = 0
+            precompute(dialogues, cloud, edge, tmp_path / f"{name}.safetensors", cfg, shard_size=10, progress=False,
+                       outputs=outs)
+            counts[name] = calls[0]
+    finally:
+        h.remove()
+    from torch_curriculum.dataset import MetaTokenDifficultyDataset
+
+    fused = MetaTokenDifficultyDataset(tmp_path / "both_uld.safetensors").raw_layer_diffs
+    alone = MetaTokenDifficultyDataset(tmp_path / "uld.safetensors").raw_layer_diffs
+    torch.testing.assert_close(fused, alone, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(MetaTokenDifficultyDataset(tmp_path / "both.safetensors").raw_layer_diffs,
+                               MetaTokenDifficultyDataset(tmp_path / "resp.safetensors").raw_layer_diffs)
+    # only the calibration samples of each shard (reused vectors) run again for the arrays
+    assert counts["resp"] < counts["both"] < counts["resp"] + counts["uld"], counts

@@ -67,8 +67,9 @@ shards (a metric, or a cross-model signal). ``meta_token.signal`` picks the prim
 (the prompt-only meta tokens above), ``response`` (response-conditioned meta tokens from
 :class:`torch_curriculum.crossmodel.CrossModelSignals`, through the same calibration, alignment and
 metrics; stored as ``response_meta_token_distance.<metric>`` / ``response_meta_token_delta``), or a
-cross-model array ``logit_lens_gap``, ``edge_bpb``, ``vocab_kl``, ``uld`` (stored under its name, one
-more prompt+response pass per shard) or ``knn_agreement`` (from the response vectors, with the
+cross-model array ``logit_lens_gap``, ``edge_bpb``, ``vocab_kl``, ``uld`` (stored under its name; from
+the response vectors' forward pass when the family is ``response``, else one prompt+response pass per
+shard) or ``knn_agreement`` (from the response vectors, with the
 calibration samples as the reference set; a calibration sample is scored against the others). The
 shard key includes the set of signals of the run (only when a cross-model signal is present, so the
 keys of prompt-only runs are unchanged); each output file has its own run key.
@@ -1039,18 +1040,22 @@ def _merge_relative_mahalanobis(work: Path, n_shards: int, ids: Sequence[str], p
 
 def _extract_pair(chunk: Sequence[Any], rows: Sequence[int], cloud_ex: Any, edge_ex: Any, mt: Any, dialogue: bool,
                   use_chat_template: bool, ids: Sequence[str], layer_map: Sequence[int] | None,
-                  progress: Callable[[int], None] | None = None, xm: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  progress: Callable[[int], None] | None = None, xm: Any = None,
+                  extra: dict[str, np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Both models' pooled vectors of one chunk (``rows``: the chunk's global indices); the cloud's at
     the mapped layers (all when None). Errors name global sample indices and ids, not chunk rows.
     With ``xm`` (a :class:`~torch_curriculum.crossmodel.CrossModelSignals`): the response-conditioned
-    vectors, cloud already mapped by ``xm.layer_map``."""
+    vectors, cloud already mapped by ``xm.layer_map``; the cross-model arrays named by the keys of
+    ``extra`` come from the same pass and are stored into it (rows of the chunk)."""
     if xm is not None:
         try:
-            out = xm.compute(_pairs(chunk, xm, mt), ["response"])
+            out = xm.compute(_pairs(chunk, xm, mt), ["response", *(extra or {})])
         except ValueError as e:
             raise ValueError(_globalise(str(e).replace("sample ", "prompt "), rows, ids)) from e
         if progress is not None:
             progress(2 * len(chunk))
+        for name in extra or {}:
+            extra[name] = out[name]
         return (torch.from_numpy(out["response_cloud"]).float(), torch.from_numpy(out["response_edge"]).float())
     out = []
     for side, ex in (("cloud", cloud_ex), ("edge", edge_ex)):
@@ -1072,9 +1077,10 @@ def _extract_pair(chunk: Sequence[Any], rows: Sequence[int], cloud_ex: Any, edge
 
 def _shard_vectors(samples: Sequence[Any], lo: int, hi: int, calib: Calibration, cloud_ex: Any, edge_ex: Any,
                    mt: Any, dialogue: bool, use_chat_template: bool, ids: Sequence[str], layer_map: Sequence[int],
-                   progress: Callable[[int], None] | None = None, xm: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   progress: Callable[[int], None] | None = None, xm: Any = None,
+                   extra: dict[str, np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Vectors of samples ``lo..hi-1``: calibration samples' from the calibration pass (they are not run
-    twice), the others from both models."""
+    twice), the others from both models (``extra``: see :func:`_extract_pair`, rows of the others)."""
     need = [g for g in range(lo, hi) if g not in calib._row]
     c = torch.empty(hi - lo, calib.num_layers, calib.cloud.shape[2], dtype=torch.float32)
     e = torch.empty(hi - lo, calib.num_layers, calib.edge.shape[2], dtype=torch.float32)
@@ -1087,7 +1093,7 @@ def _shard_vectors(samples: Sequence[Any], lo: int, hi: int, calib: Calibration,
             progress(2 * len(have))
     if need:
         cn, en = _extract_pair([samples[g] for g in need], need, cloud_ex, edge_ex, mt, dialogue, use_chat_template,
-                               ids, layer_map, progress=progress, xm=xm)
+                               ids, layer_map, progress=progress, xm=xm, extra=extra)
         if cn.shape[1:] != c.shape[1:] or en.shape[1:] != e.shape[1:]:
             raise ValueError(f"samples {lo}..{hi - 1}: the models returned [{cn.shape[1]}, {cn.shape[2]}] (cloud) and "
                              f"[{en.shape[1]}, {en.shape[2]}] (edge) per sample, the calibration pass "
@@ -1113,9 +1119,13 @@ def _shard_signals(samples: Sequence[Any], lo: int, hi: int, calib: Calibration 
                    xm_names: Sequence[str], reference: Any) -> dict[str, torch.Tensor]:
     """Every named ``[n, L]`` signal of samples ``lo..hi-1`` (and the relative deltas)."""
     signals: dict[str, torch.Tensor] = {}
+    scalars = [x for x in xm_names if x in _XM_SCALARS]
+    fused: dict[str, Any] | None = None  # response family: the arrays come from the vectors' pass
     if calib is not None:
+        fused = {x: None for x in scalars} if family != "meta" and scalars else None
         c_vec, e_vec = _shard_vectors(samples, lo, hi, calib, cloud_ex, edge_ex, mt, dialogue, use_chat_template,
-                                      ids, layer_map, progress=progress, xm=xm if family != "meta" else None)
+                                      ids, layer_map, progress=progress, xm=xm if family != "meta" else None,
+                                      extra=fused)
         if shard_metrics:
             for k, v in meta_token_signals(c_vec, e_vec, torch.arange(lo, hi), calib).items():
                 base = k[len(SIGNAL) + 1:] if k.startswith(SIGNAL + ".") else None
@@ -1127,15 +1137,27 @@ def _shard_signals(samples: Sequence[Any], lo: int, hi: int, calib: Calibration 
                 c_vec.double().numpy(), e_vec.double().numpy(), reference, k=mt.knn_k,
                 self_index=reference.self_index(ids[lo:hi])))
         del c_vec, e_vec
-    scalars = [x for x in xm_names if x in _XM_SCALARS]
-    if scalars:  # one more pass over the shard: prompt + response, whatever the meta-token family
-        rows = list(range(lo, hi))
-        try:
-            out = xm.compute(_pairs([samples[g] for g in rows], xm, mt), scalars)
-        except ValueError as e:
-            raise ValueError(_globalise(str(e).replace("sample ", "prompt "), rows, ids)) from e
+    if scalars:
+        # prompt-only family: one more prompt+response pass over the shard; response family: only the
+        # calibration samples of the shard (their vectors were reused, not run) run now
+        rows = list(range(lo, hi)) if fused is None else [g for g in range(lo, hi) if g in calib._row]
+        out: dict[str, np.ndarray] = {}
+        if rows:
+            try:
+                out = xm.compute(_pairs([samples[g] for g in rows], xm, mt), scalars)
+            except ValueError as e:
+                raise ValueError(_globalise(str(e).replace("sample ", "prompt "), rows, ids)) from e
         for x in scalars:
-            v = torch.from_numpy(np.ascontiguousarray(out[x], dtype=np.float64))
+            if fused is None:
+                arr = out[x]
+            else:
+                arr = np.empty((hi - lo, xm.num_layers), dtype=np.float64)
+                need = [g - lo for g in range(lo, hi) if g not in calib._row]
+                if need:
+                    arr[need] = fused[x]
+                if rows:
+                    arr[[g - lo for g in rows]] = out[x]
+            v = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
             if not bool(torch.isfinite(v).all()):
                 bad = (~torch.isfinite(v)).any(1).nonzero()[:, 0].tolist()
                 raise ValueError(f"{x} is NaN/Inf for sample(s) {[ids[lo + r] for r in bad[:10]]}")
