@@ -15,7 +15,8 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments  # noqa: E402
+from _hf_parts import tiny_llama  # noqa: E402  (same VOCAB / N_LAYERS as here)
+from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 
 from torch_curriculum.callbacks import (  # noqa: E402
     DEFAULT_LAYER_PATTERN,
@@ -49,14 +50,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-                      num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
-                      max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    return LlamaForCausalLM(cfg)
 
 
 class TokenDataset(torch.utils.data.Dataset):
