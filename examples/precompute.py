@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch_curriculum import CurriculumConfig, MetaTokenDifficultyDataset
 from torch_curriculum.bundled import load_bundled, load_chitchat, load_model
 from torch_curriculum.data import read_dialogues
+from torch_curriculum.precompute import exit_after_gloo_run
 
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("precompute")
@@ -114,14 +115,8 @@ def main(argv=None) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if world > 1:
-        # torch 2.13's gloo can abort at interpreter exit after a model ran (SIGABRT, "terminate called
-        # without an active exception"; pytorch/pytorch#190489), which torchrun would report as a failed
-        # rank although both files are written and closed: skip the C++ static destructors.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    if world > 1:  # gloo can abort at interpreter exit after a model ran: see exit_after_gloo_run
+        exit_after_gloo_run()
     return 0
 
 

@@ -114,8 +114,8 @@ from .dataset import (
 )
 from .difficulty import layer_distances, ledoit_wolf_covariance
 
-__all__ = ["DELTA", "MIN_SAMPLES", "SIGNAL", "Calibration", "merge_signal", "meta_token_signals", "precompute",
-           "signal_name"]
+__all__ = ["DELTA", "MIN_SAMPLES", "SIGNAL", "Calibration", "exit_after_gloo_run", "merge_signal",
+           "meta_token_signals", "precompute", "signal_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +251,30 @@ def _dist() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def exit_after_gloo_run(code: int = 0) -> None:
+    """End a finished multi-process run now, skipping the interpreter's teardown.
+
+    torch 2.13's gloo can abort at interpreter exit after a model ran (SIGABRT, "terminate called
+    without an active exception"; pytorch/pytorch#190489), which ``torchrun`` would report as a failed
+    rank although every file is written and closed. Call this only after success, on every rank: it
+    flushes logging and the standard streams, then ``os._exit(code)`` skips the C++ static destructors.
+
+    Args:
+        code (int): the exit status. Defaults to 0.
+
+    Example:
+        >>> if world > 1:  # doctest: +SKIP
+        ...     exit_after_gloo_run()
+    """
+    import os
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _sync_errors(err: BaseException | None, where: str) -> None:

@@ -251,11 +251,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if world > 1:
-        # torch's gloo can abort at interpreter exit after a model ran (see examples/precompute.py),
-        # which torchrun would report as a failed rank although the files are written and closed
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    if world > 1:  # gloo can abort at interpreter exit after a model ran: see exit_after_gloo_run
+        from ..precompute import exit_after_gloo_run
+
+        exit_after_gloo_run()
     return 0
