@@ -87,9 +87,11 @@ def main() -> None:
     cm = torch.ones(b, args.cloud_len, dtype=torch.bool)
     opt = torch.optim.AdamW(gen.parameters(), lr=1e-3)
 
-    def train_step() -> None:
+    def train_step(autocast_dtype: torch.dtype | None = None) -> None:
+        # the runner's step: only the forward runs under autocast, backward and optimizer outside it
         opt.zero_grad(set_to_none=True)
-        out = gen(ids, mask, cs, cm, labels)
+        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = gen(ids, mask, cs, cm, labels)
         out.loss.backward()
         gen.layer_grad_norms()
         torch.nn.utils.clip_grad_norm_(gen.parameters(), 1.0)
@@ -99,14 +101,7 @@ def main() -> None:
     from torch_curriculum.experiments.runner import cpu_has_bf16_matmul
 
     def bf16_step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            opt.zero_grad(set_to_none=True)
-            out = gen(ids, mask, cs, cm, labels)
-        out.loss.backward()
-        gen.layer_grad_norms()
-        torch.nn.utils.clip_grad_norm_(gen.parameters(), 1.0)
-        opt.step()
-        gen.layer_update_norms()
+        train_step(torch.bfloat16)
 
     bf16: dict[str, float] = {}
     if not args.no_bf16:
