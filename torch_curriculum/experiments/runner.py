@@ -968,22 +968,15 @@ def h1_signals(cfg: Mapping[str, Any], files: Mapping[tuple[str, str], MetaToken
     """Every meta-token aggregate x metric x pooling, plus the cheap signals."""
     signals, info = {}, {}
     for (pooling, metric), ds in files.items():
-        if pooling == "crossmodel":
-            for agg in AGGREGATE_KEYS:
-                name = f"xm_{metric}_{agg}"
-                signals[name] = ds.scores(agg).numpy().astype(np.float64)
-                label = f"top{ds.top_k}_mean" if agg == "topk_mean" else agg
-                info[name] = {"kind": "crossmodel",
-                              "description": f"cross-model signal {metric} (torch_curriculum.crossmodel, reads the "
-                                             f"response), {label} over rank-normalised layers"}
-            continue
+        xm = pooling == "crossmodel"
         for agg in AGGREGATE_KEYS:
-            name = f"meta_{metric}_{pooling}_{agg}"
+            name = f"xm_{metric}_{agg}" if xm else f"meta_{metric}_{pooling}_{agg}"
             signals[name] = ds.scores(agg).numpy().astype(np.float64)
             label = f"top{ds.top_k}_mean" if agg == "topk_mean" else agg
-            info[name] = {"kind": "meta_token",
-                          "description": f"meta-token difference: {metric} distance, {pooling} pooling, "
-                                         f"{label} over rank-normalised layers"}
+            what = (f"cross-model signal {metric} (torch_curriculum.crossmodel, reads the response)" if xm
+                    else f"meta-token difference: {metric} distance, {pooling} pooling")
+            info[name] = {"kind": "crossmodel" if xm else "meta_token",
+                          "description": f"{what}, {label} over rank-normalised layers"}
     descriptions = {
         "response_length": "response length in edge tokens",
         "edge_loss_before": "bare edge model's response loss (nats/token) before training",
