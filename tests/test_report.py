@@ -251,6 +251,59 @@ def test_h1_correlations_match_scipy_and_best_is_max_abs_spearman(results_dir):
         - abs(h1["signals"]["edge_loss_before"]["spearman"]))
 
 
+def test_h1_constant_signal_is_an_undefined_row_not_an_error(tmp_path):
+    """A signal that saturates on these samples (constant) must not abort the whole results step."""
+    signals, targets = h1_inputs()
+    signals["xm_uld_max"] = np.full(120, 3.5)  # constant everywhere
+    # constant on the finite pairs of train_loss_mean only: defined on loss_after
+    part = np.full(120, 1.0)
+    part[5] = 2.0  # sample 5 has no finite train_loss_mean
+    signals["meta_saturated_mean"] = part
+    root = tmp_path
+    log = root / "runs" / "random" / "seed0.jsonl"
+    write_log(log, "random", 0, 40.0)
+    rec = _results.run_record_from_log(log, "random", 0, results_dir=root)
+    doc = _results.build_results(
+        [rec], signals=signals, targets=targets, primary_target="train_loss_mean",
+        provenance={"config": {}, "seed": 0, "data_fingerprint": "sha256:abc"}, preset="t", n_boot=200)
+    h1 = doc["h1"]
+    row = h1["signals"]["xm_uld_max"]
+    assert row["spearman"] is None and row["kendall"] is None and row["spearman_p"] is None
+    assert "the signal is constant" in row["undefined"] and row["n"] == 119
+    sat = h1["signals"]["meta_saturated_mean"]
+    assert sat["spearman"] is None and "constant" in sat["undefined"]
+    ref = stats.spearmanr(part, targets["loss_after"]).statistic
+    assert sat["by_target"]["loss_after"]["spearman"] == pytest.approx(ref)
+    # undefined rows go last in the ranking and are never best or compared
+    assert set(h1["ranking"][-2:]) == {"xm_uld_max", "meta_saturated_mean"}
+    assert h1["best"] == "edge_loss_before"
+    assert h1["best_by_target"]["train_loss_mean"] == "edge_loss_before"
+    assert h1["comparison"]["train_loss_mean"]["meta_token"] == "meta_l2_top3_mean"
+    # the JSON is strict (no NaN) and the report says why the row is empty
+    text = json.dumps(_results.jsonable(doc), allow_nan=False)
+    assert "xm_uld_max" in text
+    md = report.render_markdown(doc)
+    line = next(ln for ln in md.splitlines() if "`xm_uld_max`" in ln)
+    assert "undefined: the signal is constant" in line
+
+
+def test_h1_with_every_signal_constant_has_no_best(tmp_path):
+    n = 30
+    log = tmp_path / "runs" / "random" / "seed0.jsonl"
+    write_log(log, "random", 0, 40.0)
+    rec = _results.run_record_from_log(log, "random", 0, results_dir=tmp_path)
+    doc = _results.build_results(
+        [rec], signals={"meta_a": np.zeros(n), "edge_loss_before": np.ones(n)},
+        targets={"loss": np.arange(n, dtype=float)},
+        signal_info={"edge_loss_before": {"kind": "control"}},
+        provenance={"config": {}, "seed": 0, "data_fingerprint": "sha256:abc"}, preset="t", n_boot=50)
+    assert doc["h1"]["best"] is None and doc["h1"]["best_by_target"] == {"loss": None}
+    assert doc["h1"]["comparison"] == {}
+    md = report.render_markdown(doc)
+    assert "no signal has a defined rank correlation" in md
+    assert "No signal has a defined rank correlation with `loss`" in md
+
+
 def test_h3_ranks_every_strategy_with_verdicts(results_dir):
     _, doc = results_dir
     h3 = doc["h3"]
@@ -351,11 +404,14 @@ def test_unfinished_benchmark_ranks_common_seeds_and_says_so():
     assert doc["h2"]["strategies"]["dynamic"]["n_pairs"] == 2
 
 
-def test_constant_signal_error_names_signal_and_target():
+def test_constant_signal_row_names_why_it_is_undefined():
     recs = [_rec("random", 0)]
-    with pytest.raises(_results.ResultsError, match="signal 'flat' vs target 't'.*constant"):
-        _results.build_results(recs, provenance=PROV, signals={"flat": [1.0] * 5},
-                               targets={"t": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    doc = _results.build_results(recs, provenance=PROV, signals={"flat": [1.0] * 5},
+                                 targets={"t": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    assert doc["h1"]["signals"]["flat"]["undefined"] == (
+        "the signal is constant; a rank correlation is undefined (5 finite pairs)")
+    assert doc["h1"]["best"] is None
+
 
 def test_data_fingerprint_and_save_arrays(tmp_path):
     import hashlib

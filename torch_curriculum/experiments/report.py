@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .results import ResultsError, load_results, read_run_log
+from .results import ResultsError, _by_abs_rho, load_results, read_run_log
 
 __all__ = ["build_report", "make_plots", "render_markdown", "results_page"]
 
@@ -102,21 +102,25 @@ def _h1_section(h1: Mapping[str, Any] | None) -> list[str]:
         lines += [f"### Target: `{t}`" + (" (primary)" if t == primary else ""), ""]
         if desc:
             lines += [desc, ""]
-        order = sorted(sigs, key=lambda s, t=t: (-abs(sigs[s]["by_target"][t]["spearman"]), s))
+        order = sorted(sigs, key=lambda s, t=t: _by_abs_rho(sigs[s]["by_target"][t], s))
         rows = []
         for rank, s in enumerate(order, start=1):
             r = sigs[s]["by_target"][t]
-            mark = " **best**" if rank == 1 else ""
-            rows.append([rank, f"`{s}`{mark}", sigs[s].get("kind", ""),
-                         f"{_f(r['spearman'])} {_ci(r['ci95']['spearman'])}", _p(r["spearman_p"]),
+            mark = " **best**" if rank == 1 and r["spearman"] is not None else ""
+            rho = (f"{_f(r['spearman'])} {_ci(r['ci95']['spearman'])}" if r["spearman"] is not None
+                   else f"undefined: {r.get('undefined', '')}")
+            rows.append([rank, f"`{s}`{mark}", sigs[s].get("kind", ""), rho, _p(r["spearman_p"]),
                          f"{_f(r['kendall'])} {_ci(r['ci95']['kendall'])}", _p(r["kendall_p"]),
                          r["n"], r.get("n_dropped", 0)])
         lines += _table(["#", "signal", "kind", "Spearman ρ [CI]", "p(ρ)", "Kendall τ [CI]",
                          "p(τ)", "n", "dropped"], rows)
         best = order[0]
         rb = sigs[best]["by_target"][t]
-        lines += ["", f"**Best predictor of `{t}`: `{best}`** (ρ = {_f(rb['spearman'])}, "
-                      f"{conf}% CI {_ci(rb['ci95']['spearman'])})."]
+        if rb["spearman"] is None:
+            lines += ["", f"No signal has a defined rank correlation with `{t}`."]
+        else:
+            lines += ["", f"**Best predictor of `{t}`: `{best}`** (ρ = {_f(rb['spearman'])}, "
+                          f"{conf}% CI {_ci(rb['ci95']['spearman'])})."]
         cmp = (h1.get("comparison") or {}).get(t)
         if cmp:
             m = sigs[cmp["meta_token"]]["by_target"][t]
@@ -160,7 +164,9 @@ def _h1_verdict(h1: Mapping[str, Any]) -> str | None:
 def _headline(doc: Mapping[str, Any]) -> list[str]:
     lines = ["## Headline", ""]
     h1, h2, h3 = doc.get("h1"), doc.get("h2"), doc.get("h3")
-    if h1:
+    if h1 and h1.get("best") is None:
+        lines.append(f"- **H1**: no signal has a defined rank correlation with `{h1['primary_target']}`.")
+    elif h1:
         verdict = _h1_verdict(h1)
         best = h1["signals"][h1["best"]]
         lines.append(f"- **H1**: best predictor of `{h1['primary_target']}` is `{h1['best']}` "

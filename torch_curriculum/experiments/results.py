@@ -375,6 +375,34 @@ def _censored(run: Mapping[str, Any], key: str) -> float | None:
     return run[key] if run[key] is not None else run["censor_at"][key]
 
 
+def _h1_row(x: np.ndarray, y: np.ndarray, *, n_dropped: int, n_boot: int, confidence: float,
+            seed: int) -> dict[str, Any]:
+    """One signal vs one target; a correlation that is undefined is a row of nulls saying why.
+
+    A signal that is constant on these samples (e.g. a distance that saturates) or a target with
+    fewer than 3 finite pairs has no rank correlation. That is a finding about this signal, not a
+    reason to lose the rest of the results, so the row says ``undefined`` instead of raising.
+    """
+    try:
+        r = metrics.rank_correlation(x, y, n_boot=n_boot, confidence=confidence, seed=seed)
+    except ValueError as e:
+        return {"spearman": None, "spearman_p": None, "kendall": None, "kendall_p": None,
+                "ci95": {"spearman": [None, None], "kendall": [None, None]}, "n": int(x.size),
+                "n_dropped": n_dropped,
+                "undefined": f"{str(e).replace('x is', 'the signal is').replace('y is', 'the target is')} "
+                             f"({x.size} finite pairs)"}
+    return {"spearman": r["spearman"], "spearman_p": r["spearman_p"],
+            "kendall": r["kendall"], "kendall_p": r["kendall_p"],
+            "ci95": {"spearman": r["spearman_ci95"], "kendall": r["kendall_ci95"]},
+            "n": r["n"], "n_dropped": n_dropped}
+
+
+def _by_abs_rho(row: Mapping[str, Any], name: str) -> tuple[float, str]:
+    """Sort key: largest |Spearman| first, undefined rows last, ties by name."""
+    rho = row["spearman"]
+    return (1.0 if rho is None else -abs(rho), name)
+
+
 def _h1(signals: Mapping[str, Any], targets: Mapping[str, Any], primary: str | None,
         signal_info: Mapping[str, Mapping[str, str]] | None, n_boot: int, confidence: float,
         seed: int) -> dict[str, Any]:
@@ -397,27 +425,18 @@ def _h1(signals: Mapping[str, Any], targets: Mapping[str, Any], primary: str | N
             # Samples a target could not be measured for (never drawn in the random run) are
             # dropped explicitly and counted.
             keep = np.isfinite(x) & np.isfinite(y)
-            try:
-                r = metrics.rank_correlation(x[keep], y[keep], n_boot=n_boot,
-                                             confidence=confidence, seed=seed)
-            except ValueError as e:
-                raise ResultsError(f"h1: signal {name!r} vs target {tname!r} "
-                                   f"({int(keep.sum())} finite pairs): {e}") from None
-            by_target[tname] = {
-                "spearman": r["spearman"], "spearman_p": r["spearman_p"],
-                "kendall": r["kendall"], "kendall_p": r["kendall_p"],
-                "ci95": {"spearman": r["spearman_ci95"], "kendall": r["kendall_ci95"]},
-                "n": r["n"], "n_dropped": int(n - keep.sum())}
+            by_target[tname] = _h1_row(x[keep], y[keep], n_dropped=int(n - keep.sum()),
+                                       n_boot=n_boot, confidence=confidence, seed=seed)
         info = (signal_info or {}).get(name, {})
         out_signals[name] = {**by_target[primary], "target": primary,
                              "kind": info.get("kind", "meta_token" if name.startswith("meta")
                                               else "control"),
                              "description": info.get("description", ""), "by_target": by_target}
-    ranking = sorted(out_signals, key=lambda s: (-abs(out_signals[s]["spearman"]), s))
+    ranking = sorted(out_signals, key=lambda s: _by_abs_rho(out_signals[s], s))
     comparison = {}
     for tname, y in tgt.items():
-        order = sorted(out_signals, key=lambda s, t=tname: (
-            -abs(out_signals[s]["by_target"][t]["spearman"]), s))
+        order = [s for s in sorted(out_signals, key=lambda s, t=tname: _by_abs_rho(
+            out_signals[s]["by_target"][t], s)) if out_signals[s]["by_target"][tname]["spearman"] is not None]
         meta = [s for s in order if out_signals[s]["kind"] == "meta_token"]
         ctrl = [s for s in order if out_signals[s]["kind"] == "control"]
         if not meta or not ctrl:
@@ -429,10 +448,14 @@ def _h1(signals: Mapping[str, Any], targets: Mapping[str, Any], primary: str | N
                              **metrics.compare_correlations(a[keep], b[keep], y[keep],
                                                             n_boot=n_boot,
                                                             confidence=confidence, seed=seed)}
-    best_by_target = {t: max(out_signals, key=lambda s, t=t: abs(
-        out_signals[s]["by_target"][t]["spearman"])) for t in tgt}
+    best_by_target = {}
+    for t in tgt:
+        defined = [s for s in out_signals if out_signals[s]["by_target"][t]["spearman"] is not None]
+        best_by_target[t] = min(defined, key=lambda s, t=t: _by_abs_rho(
+            out_signals[s]["by_target"][t], s)) if defined else None
+    best = ranking[0] if ranking and out_signals[ranking[0]]["spearman"] is not None else None
     return {"primary_target": primary, "targets": {t: "" for t in tgt},
-            "signals": out_signals, "ranking": ranking, "best": ranking[0] if ranking else None,
+            "signals": out_signals, "ranking": ranking, "best": best,
             "best_by_target": best_by_target, "comparison": comparison,
             "n_boot": int(n_boot), "confidence": confidence,
             "method": "Spearman rho and Kendall tau-b; percentile bootstrap over samples (pairs "
