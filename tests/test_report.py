@@ -658,3 +658,17 @@ def _results_page_entries():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.ENTRIES
+
+
+def test_report_of_an_unfinished_plan_says_it_is_interim(results_dir):
+    _, doc = results_dir
+    assert "Interim report" not in report.render_markdown(doc)
+    missing = [f"dynamic/seed{s}" for s in range(10)]
+    partial = {**doc, "provenance": {**doc["provenance"], "runs_complete": 9, "runs_missing": missing,
+                                     "seeds_compared": [0, 1, 2]}}
+    md = report.render_markdown(partial)
+    banner = next(ln for ln in md.splitlines() if "Interim report" in ln)
+    assert "9 of 19 planned runs have finished" in banner
+    assert "`dynamic/seed7`" in banner and "`dynamic/seed8`" not in banner and "2 more" in banner
+    # it comes before the headline, so nobody reads the verdicts without it
+    assert md.index("Interim report") < md.index("## Headline")

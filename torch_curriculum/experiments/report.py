@@ -389,6 +389,21 @@ def _h1_extra_sections(doc: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _interim_banner(prov: Mapping[str, Any]) -> list[str]:
+    """A warning at the top of a report built while some planned runs have not finished."""
+    missing = prov.get("runs_missing") or []
+    if not missing:
+        return []
+    done = prov.get("runs_complete")
+    total = (done + len(missing)) if isinstance(done, int) else None
+    shown = ", ".join(f"`{m}`" for m in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return [f"> **Interim report: {done} of {total} planned runs have finished** (seeds compared: "
+            f"{prov.get('seeds_compared')}; missing: {shown}). Comparisons are paired by seed over the finished "
+            "runs, and a pooled target moves as runs finish. The pre-specified analysis is the one on the complete "
+            "plan: looking at interim results repeatedly and stopping when one is significant inflates false "
+            "positives.", ""]
+
+
 def render_markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     """The Markdown report of a results document.
 
@@ -405,6 +420,7 @@ def render_markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
              f"{doc['schema_version']}) and the run logs it references by "
              "`torch-curriculum report`; re-render with "
              "`torch-curriculum report <this directory> --render-only`.", ""]
+    lines += _interim_banner(prov)
     lines += _headline(doc)
     lines += _noise_section(doc.get("noise"))
     lines += _h1_section(doc.get("h1"))
