@@ -622,6 +622,9 @@ def test_results_page_links_nothing_outside_the_docs(tmp_path):
 
     src = ROOT / "benchmarks/results/cpu_v1"
     docs = tmp_path / "docs"
+    stale = docs / "assets/results/cpu_v1/noise_auroc.png"  # left by an earlier page whose results had it
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
     page = report.results_page([("old", src), ("missing", ROOT / "benchmarks/results/nope")], page_dir=docs,
                                assets_dir=docs / "assets/results", results_root=ROOT / "benchmarks/results",
                                repo_root=ROOT)
@@ -629,6 +632,7 @@ def test_results_page_links_nothing_outside_the_docs(tmp_path):
     assert links == ["guides/experiments.md", "assets/results/cpu_v1/learning_curves.png"]
     copied = docs / links[1]
     assert copied.read_bytes() == (src / "plots/learning_curves.png").read_bytes()
+    assert not stale.exists()
     assert "Full report: `benchmarks/results/cpu_v1/report.md`" in page
     assert "Not run yet: there is no `benchmarks/results/nope/results.json`" in page
     with pytest.raises(ValueError, match="share the assets folder"):
@@ -649,6 +653,8 @@ def test_committed_results_page_is_current(tmp_path):
     assert copied, "the page shows no plot"
     for rel in copied:
         assert (ROOT / "docs" / rel).read_bytes() == (docs / rel).read_bytes(), f"docs/{rel} is stale"
+    committed = sorted(f.relative_to(ROOT / "docs") for f in (ROOT / "docs/assets/results").rglob("*.png"))
+    assert committed == copied, "docs/assets/results holds plots the page no longer shows"
 
 
 def _results_page_entries():

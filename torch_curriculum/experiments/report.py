@@ -788,7 +788,8 @@ def results_page(entries: Sequence[tuple[str, str | Path]], *, page_dir: str | P
         page_dir (str | Path): folder the page is written to (image links are made relative to it).
             Default ``"."``.
         assets_dir (str | Path | None): folder (inside the docs) to copy the shown plots into, under
-            ``<assets_dir>/<results_dir relative to results_root>/``; existing copies are overwritten.
+            ``<assets_dir>/<results_dir relative to results_root>/``; existing copies are overwritten and
+            PNGs there whose plot no longer exists are deleted.
             None: no images, the plots are listed as code paths. Default None.
         results_root (str | Path | None): folder the per-directory asset sub-folders are named
             relative to; None: each results directory's own name. Default None.
@@ -824,8 +825,12 @@ def results_page(entries: Sequence[tuple[str, str | Path]], *, page_dir: str | P
             continue
         doc = load_results(d)
         prov = doc["provenance"]
-        lines += [f"Full report: `{rel}/report.md`. Seeds compared: {prov.get('seeds_compared', prov.get('seeds'))}; "
-                  f"splits {prov.get('splits')}; runs missing: {len(prov.get('runs_missing') or [])}.", ""]
+        missing = len(prov.get("runs_missing") or [])
+        interim = (f"**Interim: {prov.get('runs_complete')} of {prov.get('runs_complete', 0) + missing} planned runs "
+                   "finished** (not the pre-specified analysis). " if missing else "")
+        lines += [f"{interim}Full report: `{rel}/report.md`. Seeds compared: "
+                  f"{prov.get('seeds_compared', prov.get('seeds'))}; splits {prov.get('splits')}; runs missing: "
+                  f"{missing}.", ""]
         if doc["target"].get("description"):
             lines += [f"Target: {doc['target']['description']}.", ""]
         noise = doc.get("noise")
@@ -876,6 +881,9 @@ def results_page(entries: Sequence[tuple[str, str | Path]], *, page_dir: str | P
             slugs[slug] = str(d)
             dest = Path(assets_dir) / slug
             dest.mkdir(parents=True, exist_ok=True)
+            for stale in dest.glob("*.png"):  # a copy whose plot is gone would otherwise linger in the docs
+                if stale.name not in plots:
+                    stale.unlink()
             for n in plots:
                 shutil.copyfile(d / "plots" / n, dest / n)
                 link = Path(os.path.relpath(dest / n, page_dir)).as_posix()
