@@ -1014,6 +1014,26 @@ def _load_signals(path: Path) -> dict[str, np.ndarray] | None:
         return {k: npz[k] for k in npz.files if k != "fingerprint"}
 
 
+def _keep_first_preparation(path: Path, prepared: dict[str, Any]) -> None:
+    """Keep the timings of the preparation that did the work when a resumed or sharded run reopens it.
+
+    A second invocation finds the difficulty files, signals and cloud states cached and "prepares" in
+    seconds; writing those seconds over the first invocation's would make the provenance claim the
+    preparation cost nothing. Same data and difficulty: the first ``timings_s``/``started`` stay and
+    this invocation's go to ``reopened``.
+    """
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    same = all(old.get(k) == prepared[k] for k in ("samples_fingerprint", "difficulty_fingerprint"))
+    if same and "timings_s" in old:
+        prepared["reopened"] = {"started": prepared["started"], "timings_s": prepared["timings_s"]}
+        prepared["timings_s"], prepared["started"] = old["timings_s"], old.get("started", prepared["started"])
+
+
 def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, plots: bool = True,
                config_path: str | None = None, shard: tuple[int, int] = (0, 1),
                stop_after: int | None = None) -> dict[str, Any]:
@@ -1098,6 +1118,7 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
                 "timings_s": {k: round(v, 1) for k, v in timings.items()}, "started": started,
                 "difficulty_fingerprint": primary.metadata.get("run_key"),
                 "autocast": str(resolve_autocast(cfg["training"]["autocast"], next(edge.parameters()).device))}
+    _keep_first_preparation(out / "prepared.json", prepared)
     (out / "prepared.json").write_text(json.dumps(prepared, indent=1), encoding="utf-8")
 
     t0 = time.perf_counter()
