@@ -433,10 +433,11 @@ def _h1(signals: Mapping[str, Any], targets: Mapping[str, Any], primary: str | N
                                               else "control"),
                              "description": info.get("description", ""), "by_target": by_target}
     ranking = sorted(out_signals, key=lambda s: _by_abs_rho(out_signals[s], s))
-    comparison = {}
+    comparison, best_by_target = {}, {}
     for tname, y in tgt.items():
         order = [s for s in sorted(out_signals, key=lambda s, t=tname: _by_abs_rho(
             out_signals[s]["by_target"][t], s)) if out_signals[s]["by_target"][tname]["spearman"] is not None]
+        best_by_target[tname] = order[0] if order else None
         meta = [s for s in order if out_signals[s]["kind"] == "meta_token"]
         ctrl = [s for s in order if out_signals[s]["kind"] == "control"]
         if not meta or not ctrl:
@@ -448,11 +449,6 @@ def _h1(signals: Mapping[str, Any], targets: Mapping[str, Any], primary: str | N
                              **metrics.compare_correlations(a[keep], b[keep], y[keep],
                                                             n_boot=n_boot,
                                                             confidence=confidence, seed=seed)}
-    best_by_target = {}
-    for t in tgt:
-        defined = [s for s in out_signals if out_signals[s]["by_target"][t]["spearman"] is not None]
-        best_by_target[t] = min(defined, key=lambda s, t=t: _by_abs_rho(
-            out_signals[s]["by_target"][t], s)) if defined else None
     best = ranking[0] if ranking and out_signals[ranking[0]]["spearman"] is not None else None
     return {"primary_target": primary, "targets": {t: "" for t in tgt},
             "signals": out_signals, "ranking": ranking, "best": best,
