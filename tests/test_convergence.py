@@ -215,6 +215,7 @@ def test_runner_end_to_end_then_resume(tmp_path):
     logs = sorted((out / "runs").rglob("*.jsonl"))
     mtimes = [p.stat().st_mtime_ns for p in logs]
     first_prep = json.loads((out / "prepared.json").read_text())
+    (out / "prepared.json").write_text(json.dumps({**first_prep, "timings_note": "by hand"}))
     again = convergence.run_preset(cfg, out, report=False)
     assert again["runs_trained"] == 0 and again["runs_skipped"] == 16
     assert [p.stat().st_mtime_ns for p in logs] == mtimes
@@ -222,6 +223,7 @@ def test_runner_end_to_end_then_resume(tmp_path):
     prep = json.loads((out / "prepared.json").read_text())
     assert prep["timings_s"] == first_prep["timings_s"] and prep["started"] == first_prep["started"]
     assert set(prep["reopened"]["timings_s"]) == set(first_prep["timings_s"])
+    assert prep["timings_note"] == "by hand"
     # a run cut off before its end is redone, and only that one
     cut = out / "runs" / "easy_to_hard" / "seed1.jsonl"
     cut.write_text("".join(cut.read_text().splitlines(keepends=True)[:3]))

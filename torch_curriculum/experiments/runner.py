@@ -1019,8 +1019,8 @@ def _keep_first_preparation(path: Path, prepared: dict[str, Any]) -> None:
 
     A second invocation finds the difficulty files, signals and cloud states cached and "prepares" in
     seconds; writing those seconds over the first invocation's would make the provenance claim the
-    preparation cost nothing. Same data and difficulty: the first ``timings_s``/``started`` stay and
-    this invocation's go to ``reopened``.
+    preparation cost nothing. Same data and difficulty: the first ``timings_s``/``started`` stay,
+    this invocation's go to ``reopened``, and keys this invocation does not write are kept.
     """
     if not path.is_file():
         return
@@ -1032,6 +1032,8 @@ def _keep_first_preparation(path: Path, prepared: dict[str, Any]) -> None:
     if same and "timings_s" in old:
         prepared["reopened"] = {"started": prepared["started"], "timings_s": prepared["timings_s"]}
         prepared["timings_s"], prepared["started"] = old["timings_s"], old.get("started", prepared["started"])
+        for key, value in old.items():  # e.g. a note on how the first timings were obtained
+            prepared.setdefault(key, value)
 
 
 def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, plots: bool = True,
