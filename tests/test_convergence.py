@@ -248,6 +248,7 @@ def test_preset_loader_names_bad_keys(tmp_path):
              (base.replace("noise_fraction: 0.3", "noise_fraction: 0.0"), r"'oracle' orders samples by the injected"),
              (base.replace("noise_fraction: 0.3", "noise_fraction: 1.5"), r"data.noise_fraction: must be in \[0, 1\)"),
              (base + "budgets: {short: {steps: 4}}\n", r"budgets.short: steps and eval_every are required"),
+             (base + "budgets: {long: {steps: 4, eval_every: 2, lr: 0}}\n", r"budgets.long: .*lr"),
              (base + "analysis: {target: best}\n", r"analysis.target: must be pooled or baseline"),
              (base.replace("signals: [logit_lens_gap, uld]", "signals: [knn_agreement]"),
               r"h1.signals: 'knn_agreement' is not a cross-model signal the runner writes"),
@@ -357,7 +358,7 @@ def test_shards_split_the_runs_and_report_merges_them(tmp_path):
     cfg.update(strategies=["random", "easy_to_hard"], controls=["oracle"])
     cfg["h1"].update(grad_samples=0, heldout=False, metrics=["l2"], poolings=["mean"])
     cfg["budgets"] = {"short": {"steps": 2, "eval_every": 1, "steps_per_epoch": 1, "curriculum_end_epoch": 2},
-                      "long": {"steps": 4, "eval_every": 2}}
+                      "long": {"steps": 4, "eval_every": 2, "lr": 5e-4}}  # a budget's own lr
     cfg = convergence.validate_preset(cfg)
     out = tmp_path / "res"
     a = convergence.run_preset(cfg, out, shard=(0, 2), report=False)
@@ -369,6 +370,8 @@ def test_shards_split_the_runs_and_report_merges_them(tmp_path):
         doc = json.loads(Path(res["results"][budget]).read_text())
         assert set(doc["runs"]) == {"random", "easy_to_hard", "oracle"}
         assert all(r["steps"] == steps for by_seed in doc["runs"].values() for r in by_seed.values())
+        lrs = {json.loads(p.open().readline())["lr"] for p in (out / budget / "runs").glob("*/seed*.jsonl")}
+        assert lrs == {cfg["training"]["lr"] if budget == "short" else 5e-4}
         assert (out / budget / "report.md").is_file()
     assert convergence.parse_shard("2/3") == (1, 3) and convergence.parse_shard(None) == (0, 1)
 

@@ -269,11 +269,12 @@ def validate_preset(data: Any) -> dict[str, Any]:
     return cfg
 
 
-_BUDGET_KEYS = ("steps", "eval_every", "steps_per_epoch", "curriculum_end_epoch", "warmup_epochs")
+# ``lr`` is per budget because a rate that is right under one epoch can overfit over three
+_BUDGET_KEYS = ("steps", "eval_every", "lr", "steps_per_epoch", "curriculum_end_epoch", "warmup_epochs")
 
 
 def budget_config(cfg: Mapping[str, Any], name: str | None) -> dict[str, Any]:
-    """The preset as it applies to one budget (its steps, evaluation period and pacing).
+    """The preset as it applies to one budget (its steps, evaluation period, learning rate and pacing).
 
     A preset with ``budgets`` runs every strategy once per budget, into ``<out>/<budget>/``; the
     data, difficulty files and signals are shared. ``name=None`` (or a preset without budgets)
@@ -291,6 +292,8 @@ def budget_config(cfg: Mapping[str, Any], name: str | None) -> dict[str, Any]:
     out["budgets"] = {}
     out["training"]["steps"] = spec["steps"]
     out["training"]["eval_every"] = spec["eval_every"]
+    if "lr" in spec:
+        out["training"]["lr"] = spec["lr"]
     tr = out["curriculum"].setdefault("training", {})
     for key in ("steps_per_epoch", "curriculum_end_epoch", "warmup_epochs"):
         if key in spec:
