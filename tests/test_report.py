@@ -678,3 +678,29 @@ def test_report_of_an_unfinished_plan_says_it_is_interim(results_dir):
     assert "`dynamic/seed7`" in banner and "`dynamic/seed8`" not in banner and "2 more" in banner
     # it comes before the headline, so nobody reads the verdicts without it
     assert md.index("Interim report") < md.index("## Headline")
+
+
+def test_h2_headline_says_what_survives_holm():
+    # p = 0.03 and 0.04 each pass alone; Holm over two: 0.06 and 0.06 -> neither survives; 0.001 survives
+    h2 = {"baseline": "random", "strategies": {
+        "a": {"pct_fewer_steps_vs_random": -20.0, "ci95": [-35.0, -3.0], "p_value": 0.03},
+        "b": {"pct_fewer_steps_vs_random": -30.0, "ci95": [-60.0, -1.0], "p_value": 0.04}}}
+    head = " ".join(report._headline({"h2": h2}))
+    assert "significantly slower: `a`, `b` (each test alone)" in head
+    assert "With Holm's correction over the 2 comparisons: faster: none; slower: none." in head
+    h2["strategies"]["c"] = {"pct_fewer_steps_vs_random": 40.0, "ci95": [20.0, 60.0], "p_value": 0.001}
+    head = " ".join(report._headline({"h2": h2}))
+    assert "Holm's correction over the 3 comparisons: faster: `c`; slower: none." in head
+    # the H2 section and the results page mark a verdict that does not survive the correction
+    h2["strategies"]["a"].update(mde_pct=25.0, per_seed=[-20.0] * 5)
+    r = h2["strategies"]["a"]
+    assert report._h2_verdict_qualified("a", r, report._h2_holm_verdicts(h2)) == \
+        "significantly slower (not after Holm over 3)"
+    assert "`a`: significantly slower (not after Holm over 3)" in "\n".join(report._h2_section(h2))
+    assert report._h2_verdict_qualified("c", h2["strategies"]["c"], report._h2_holm_verdicts(h2)) == \
+        "significantly faster"
+    # the positive control is its own pre-specified test, outside the family
+    h2["strategies"]["oracle"] = {"pct_fewer_steps_vs_random": 25.0, "ci95": [9.0, 40.0], "p_value": 0.03}
+    held = report._h2_holm_verdicts(h2)
+    assert "oracle" not in held and len(held) == 3
+    assert report._h2_verdict_qualified("oracle", h2["strategies"]["oracle"], held) == "significantly faster"

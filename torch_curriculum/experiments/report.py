@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import holm
 from .results import ResultsError, _by_abs_rho, load_results, read_run_log
 
 __all__ = ["build_report", "make_plots", "render_markdown", "results_page"]
@@ -181,7 +182,14 @@ def _headline(doc: Mapping[str, Any]) -> list[str]:
         faster = [f"`{s}`" for s, v in verdicts.items() if v == "significantly faster"]
         slower = [f"`{s}`" for s, v in verdicts.items() if v == "significantly slower"]
         plain = (f"Significantly faster than `{h2['baseline']}`: {', '.join(faster) or 'none'}; "
-                 f"significantly slower: {', '.join(slower) or 'none'}.")
+                 f"significantly slower: {', '.join(slower) or 'none'} (each test alone).")
+        held = _h2_holm_verdicts(h2)
+        if len(held) > 1:  # several strategies against one baseline: say what survives the multiplicity
+            plain += (f" With Holm's correction over the {len(held)} comparisons"
+                      + (" (the positive control `oracle` is judged alone)" if "oracle" in h2["strategies"] else "")
+                      + ": faster: "
+                      f"{', '.join(f'`{s}`' for s, v in held.items() if v == 'significantly faster') or 'none'}; "
+                      f"slower: {', '.join(f'`{s}`' for s, v in held.items() if v == 'significantly slower') or 'none'}.")
         lines.append(f"- **H2** (% fewer steps to target than `{h2['baseline']}`, mean "
                      f"[95% CI]): " + "; ".join(parts) + ". " + plain)
     block = ((h3 or {}).get("rankings") or {}).get((h3 or {}).get("primary_metric", ""))
@@ -210,6 +218,7 @@ def _h2_section(h2: Mapping[str, Any] | None) -> list[str]:
     rows = []
     summary = []
     strategies = h2["strategies"]
+    held = _h2_holm_verdicts(h2)
     for s in sorted(strategies, key=lambda k: -(strategies[k]["pct_fewer_steps_vs_random"]
                                                  if strategies[k]["pct_fewer_steps_vs_random"]
                                                  is not None else -math.inf)):
@@ -222,7 +231,7 @@ def _h2_section(h2: Mapping[str, Any] | None) -> list[str]:
                      _p(r.get("auc_p_value")), f"≥ {_f(r.get('auc_mde_pct'), 2)}%",
                      _f(r.get("pct_fewer_samples_vs_random"), 1),
                      _f(r.get("pct_fewer_wall_time_vs_random"), 1)])
-        verdict = _h2_verdict(r["ci95"], r["p_value"])
+        verdict = _h2_verdict_qualified(s, r, held)
         if verdict.startswith("not") and r.get("mde_pct") is not None:
             verdict += f"; could have detected ≥ {_f(r['mde_pct'], 1)}%"
         summary.append(f"`{s}`: {verdict}")
@@ -230,9 +239,29 @@ def _h2_section(h2: Mapping[str, Any] | None) -> list[str]:
                      "censored", "% lower val AUC [CI]", "p (AUC)", "MDE (AUC)", "% fewer samples",
                      "% less wall time"], rows)
     lines += ["", "Plainly: " + "; ".join(summary) + ". Significant here means both the paired test "
-              f"(p ≤ 0.05, not corrected for the {len(strategies)} comparisons; H3 applies Holm) and the CI "
-              "of the % agree.", ""]
+              f"(p ≤ 0.05 for that comparison alone) and the CI of the % agree; \"not after Holm\" marks a "
+              f"verdict that does not survive Holm's correction over the {len(held)} comparisons.", ""]
     return lines
+
+
+def _h2_holm_verdicts(h2: Mapping[str, Any]) -> dict[str, str]:
+    """Each tested strategy's H2 verdict with its p Holm-corrected over all comparisons with the baseline.
+
+    The positive control (``oracle``) stays outside the family: it is the instrument's calibration,
+    one test with its own rule decided before the runs, not one of the curricula under question.
+    """
+    tested = {s: r for s, r in h2["strategies"].items()
+              if s != "oracle" and r["p_value"] is not None and r["ci95"] is not None}
+    return {s: _h2_verdict(r["ci95"], p) for (s, r), p in
+            zip(tested.items(), holm([r["p_value"] for r in tested.values()]))}
+
+
+def _h2_verdict_qualified(s: str, r: Mapping[str, Any], held: Mapping[str, str]) -> str:
+    """The per-comparison verdict, marked where it does not survive Holm's correction."""
+    verdict = _h2_verdict(r["ci95"], r["p_value"])
+    if verdict.startswith("significantly") and s in held and len(held) > 1 and held[s] != verdict:
+        verdict += f" (not after Holm over {len(held)})"
+    return verdict
 
 
 def _h2_verdict(ci: Sequence[float] | None, p: float | None, alpha: float = 0.05) -> str:
@@ -846,6 +875,7 @@ def results_page(entries: Sequence[tuple[str, str | Path]], *, page_dir: str | P
         h2 = doc.get("h2")
         if h2 and h2.get("strategies"):
             rows = []
+            held = _h2_holm_verdicts(h2)
             for st, r in h2["strategies"].items():
                 mde = r.get("mde_pct")
                 if mde is None and len(r.get("per_seed") or []) >= 2:  # results written before MDEs existed
@@ -853,7 +883,7 @@ def results_page(entries: Sequence[tuple[str, str | Path]], *, page_dir: str | P
 
                     mde = mde_paired(r["per_seed"])
                 rows.append([f"`{st}`", f"{_f(r['pct_fewer_steps_vs_random'], 1)}%", _ci(r["ci95"], 1), _p(r["p_value"]),
-                             f"≥ {_f(mde, 1)}%", _h2_verdict(r["ci95"], r["p_value"]),
+                             f"≥ {_f(mde, 1)}%", _h2_verdict_qualified(st, r, held),
                              f"{_f(r.get('pct_lower_auc_vs_random'), 2)}% {_ci(r.get('auc_ci95'), 2)}"])
             lines += ["**H2** (% fewer steps to the target than random; MDE = smallest effect detectable at 80% power):",
                       ""]
