@@ -193,6 +193,8 @@ def test_runs_section_uses_the_metric_definitions(results_dir):
             assert run["samples_to_target"] == run["steps_to_target"] * 8
             assert run["wall_time_to_target"] == pytest.approx(0.05 * run["steps_to_target"] + 0.01)
             assert run["final_val_loss"] == pytest.approx(val[-1])
+            assert run["best_val_loss"] == pytest.approx(min(val))
+            assert run["best_val_step"] == steps[int(np.argmin(val))]
             assert run["test_loss"] == pytest.approx(val[-1] + 0.05)
             assert run["log"] == f"runs/{s}/seed{seed}.jsonl"
             assert len(run["layer_stabilisation_step"]) == L
@@ -307,7 +309,7 @@ def test_h1_with_every_signal_constant_has_no_best(tmp_path):
 def test_h3_ranks_every_strategy_with_verdicts(results_dir):
     _, doc = results_dir
     h3 = doc["h3"]
-    assert set(h3["rankings"]) == {"steps_to_target", "val_auc", "final_val_loss", "test_loss"}
+    assert set(h3["rankings"]) == {"steps_to_target", "val_auc", "best_val_loss", "final_val_loss", "test_loss"}
     steps = h3["rankings"]["steps_to_target"]
     assert steps["ranking"][0]["strategy"] == "layer_wise_progressive"
     assert steps["ranking"][-1]["strategy"] == "random"
@@ -704,3 +706,12 @@ def test_h2_headline_says_what_survives_holm():
     held = report._h2_holm_verdicts(h2)
     assert "oracle" not in held and len(held) == 3
     assert report._h2_verdict_qualified("oracle", h2["strategies"]["oracle"], held) == "significantly faster"
+
+
+def test_best_val_loss_of_an_overfitting_run_is_its_minimum_not_its_end():
+    # a U-shaped curve (validation loss rising after the first epoch): early stopping keeps step 20
+    steps, losses = [0, 10, 20, 30, 40], [4.7, 4.1, 4.0, 4.2, 4.5]
+    rec = {"strategy": "random", "seed": 0, "val_steps": steps, "val_losses": losses, "final_val_loss": 4.5}
+    out = _results._summarise_run(rec, 4.3, True, 0.0)
+    assert (out["best_val_loss"], out["best_val_step"], out["final_val_loss"]) == (4.0, 20.0, 4.5)
+    assert out["steps_to_target"] == pytest.approx(10 * (4.7 - 4.3) / (4.7 - 4.1))  # first crossing, interpolated

@@ -318,9 +318,11 @@ def _runs_section(doc: Mapping[str, Any]) -> list[str]:
             log = f"[log]({r['log']})" if r.get("log") else "—"
             rows.append([f"`{s}`", seed, _f(r["steps_to_target"], 1),
                          _f(r["samples_to_target"], 0), _f(r.get("wall_time_to_target"), 1),
+                         _f(r.get("best_val_loss"), 4)
+                         + (f" @ {r['best_val_step']:.0f}" if r.get("best_val_step") is not None else ""),
                          _f(r["final_val_loss"], 4), _f(r["test_loss"], 4), log])
     lines += _table(["strategy", "seed", "steps to target", "samples to target",
-                     "wall time to target (s)", "final val loss", "test loss", "log"], rows)
+                     "wall time to target (s)", "best val loss @ step", "final val loss", "test loss", "log"], rows)
     lines += ["", "— = never reached (or not measured).", ""]
     return lines
 

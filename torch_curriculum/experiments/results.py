@@ -87,7 +87,8 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 TARGET_RULES = ("baseline_final_per_seed", "baseline_final_mean", "baseline_final_max", "fixed")
-RANKING_METRICS = ("steps_to_target", "val_auc", "final_val_loss", "test_loss")
+# best_val_loss is what early stopping would keep; it and final_val_loss part ways when a run overfits
+RANKING_METRICS = ("steps_to_target", "val_auc", "best_val_loss", "final_val_loss", "test_loss")
 H2_METRICS = ("steps", "samples", "wall_time")
 _RUN_FIELDS = ("strategy", "seed", "val_steps", "val_losses")
 
@@ -340,6 +341,8 @@ def _summarise_run(rec: Mapping[str, Any], target: float, interpolate: bool,
         xs = rec.get(src)
         out[key] = fn(xs, losses, target, interpolate=interpolate) if xs is not None else None
     out["final_val_loss"] = float(rec["final_val_loss"])
+    best = int(np.argmin(losses))
+    out["best_val_loss"], out["best_val_step"] = float(losses[best]), float(steps[best])
     # budget-free: mean validation loss over the run (trapezoid area / step span)
     out["val_auc"] = (metrics.area_under_curve(steps, losses) if len(steps) >= 2 else None)
     out["test_loss"] = None if rec.get("test_loss") is None else float(rec["test_loss"])
