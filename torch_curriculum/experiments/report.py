@@ -179,17 +179,15 @@ def _headline(doc: Mapping[str, Any]) -> list[str]:
                      h2["strategies"].items(),
                      key=lambda kv: -(kv[1]["pct_fewer_steps_vs_random"] or -math.inf))]
         verdicts = {s: _h2_verdict(r["ci95"], r["p_value"]) for s, r in h2["strategies"].items()}
-        faster = [f"`{s}`" for s, v in verdicts.items() if v == "significantly faster"]
-        slower = [f"`{s}`" for s, v in verdicts.items() if v == "significantly slower"]
-        plain = (f"Significantly faster than `{h2['baseline']}`: {', '.join(faster) or 'none'}; "
-                 f"significantly slower: {', '.join(slower) or 'none'} (each test alone).")
-        held = _h2_holm_verdicts(h2)
+        plain = (f"Significantly faster than `{h2['baseline']}`: {_named(verdicts, 'significantly faster')}; "
+                 f"significantly slower: {_named(verdicts, 'significantly slower')} (each test alone).")
+        control = _positive_control(doc)
+        held = _h2_holm_verdicts(h2, control)
         if len(held) > 1:  # several strategies against one baseline: say what survives the multiplicity
             plain += (f" With Holm's correction over the {len(held)} comparisons"
-                      + (" (the positive control `oracle` is judged alone)" if "oracle" in h2["strategies"] else "")
-                      + ": faster: "
-                      f"{', '.join(f'`{s}`' for s, v in held.items() if v == 'significantly faster') or 'none'}; "
-                      f"slower: {', '.join(f'`{s}`' for s, v in held.items() if v == 'significantly slower') or 'none'}.")
+                      + (f" (the positive control `{control}` is judged alone)" if control in h2["strategies"] else "")
+                      + f": faster: {_named(held, 'significantly faster')}; "
+                      f"slower: {_named(held, 'significantly slower')}.")
         lines.append(f"- **H2** (% fewer steps to target than `{h2['baseline']}`, mean "
                      f"[95% CI]): " + "; ".join(parts) + ". " + plain)
     block = ((h3 or {}).get("rankings") or {}).get((h3 or {}).get("primary_metric", ""))
@@ -202,7 +200,7 @@ def _headline(doc: Mapping[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def _h2_section(h2: Mapping[str, Any] | None) -> list[str]:
+def _h2_section(h2: Mapping[str, Any] | None, control: str | None = None) -> list[str]:
     lines = ["## H2 — does the curriculum converge faster than random?", ""]
     if not h2:
         return [*lines, "No H2 data (no baseline runs).", ""]
@@ -218,7 +216,7 @@ def _h2_section(h2: Mapping[str, Any] | None) -> list[str]:
     rows = []
     summary = []
     strategies = h2["strategies"]
-    held = _h2_holm_verdicts(h2)
+    held = _h2_holm_verdicts(h2, control)
     for s in sorted(strategies, key=lambda k: -(strategies[k]["pct_fewer_steps_vs_random"]
                                                  if strategies[k]["pct_fewer_steps_vs_random"]
                                                  is not None else -math.inf)):
@@ -244,14 +242,25 @@ def _h2_section(h2: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
-def _h2_holm_verdicts(h2: Mapping[str, Any]) -> dict[str, str]:
+def _named(verdicts: Mapping[str, str], verdict: str) -> str:
+    """The strategies with this verdict, as a comma-separated list of code spans ("none" if none)."""
+    return ", ".join(f"`{s}`" for s, v in verdicts.items() if v == verdict) or "none"
+
+
+def _positive_control(doc: Mapping[str, Any]) -> str | None:
+    """The name of the run that orders by the injected noise (``noise.oracle``), None without noise."""
+    return (doc.get("noise") or {}).get("oracle")
+
+
+def _h2_holm_verdicts(h2: Mapping[str, Any], control: str | None = None) -> dict[str, str]:
     """Each tested strategy's H2 verdict with its p Holm-corrected over all comparisons with the baseline.
 
-    The positive control (``oracle``) stays outside the family: it is the instrument's calibration,
-    one test with its own rule decided before the runs, not one of the curricula under question.
+    The positive control (``control``, see :func:`_positive_control`) stays outside the family: it is
+    the instrument's calibration, one test with its own rule decided before the runs, not one of the
+    curricula under question.
     """
     tested = {s: r for s, r in h2["strategies"].items()
-              if s != "oracle" and r["p_value"] is not None and r["ci95"] is not None}
+              if s != control and r["p_value"] is not None and r["ci95"] is not None}
     return {s: _h2_verdict(r["ci95"], p) for (s, r), p in
             zip(tested.items(), holm([r["p_value"] for r in tested.values()]))}
 
@@ -456,7 +465,7 @@ def render_markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     lines += _noise_section(doc.get("noise"))
     lines += _h1_section(doc.get("h1"))
     lines += _h1_extra_sections(doc)
-    lines += _h2_section(doc.get("h2"))
+    lines += _h2_section(doc.get("h2"), _positive_control(doc))
     lines += _h3_section(doc.get("h3"))
     lines += _runs_section(doc)
     lines += _per_layer_section(doc.get("per_layer"))
@@ -877,7 +886,7 @@ def results_page(entries: Sequence[tuple[str, str | Path]], *, page_dir: str | P
         h2 = doc.get("h2")
         if h2 and h2.get("strategies"):
             rows = []
-            held = _h2_holm_verdicts(h2)
+            held = _h2_holm_verdicts(h2, _positive_control(doc))
             for st, r in h2["strategies"].items():
                 mde = r.get("mde_pct")
                 if mde is None and len(r.get("per_seed") or []) >= 2:  # results written before MDEs existed
