@@ -46,8 +46,7 @@ from torch_curriculum.bundled import load_bundled, load_chitchat, qwen_gguf, smo
 from torch_curriculum.config import canonical_strategy
 from torch_curriculum.data import data_fingerprint, read_dialogues
 from torch_curriculum.experiments.metrics import steps_to_target
-from torch_curriculum.loragen import LoRAGenConfig
-from torch_curriculum.loragen._experiment import prepare_generator_data, run_strategy
+from torch_curriculum.loragen import LoRAGenConfig, prepare_generator_data, run_strategy
 
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("quickstart")

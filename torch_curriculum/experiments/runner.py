@@ -779,8 +779,7 @@ def train_all(cfg: Mapping[str, Any], data: Any, edge: Any, difficulty: MetaToke
         index_base (int): position of this plan's first run in the whole invocation's plan (the
             shard split is over all budgets together). Default 0.
     """
-    from torch_curriculum.loragen import LoRAGenConfig, evaluate_per_sample_loss
-    from torch_curriculum.loragen._experiment import run_strategy
+    from torch_curriculum.loragen import LoRAGenConfig, evaluate_per_sample_loss, run_strategy
 
     tr = cfg["training"]
     ccfg = _curriculum_config(cfg)
@@ -1062,7 +1061,7 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
         dict: ``results`` (path), ``report`` (path or None), ``runs_trained``, ``runs_skipped``, ``wall_s``.
     """
     from torch_curriculum.data import data_fingerprint as samples_fingerprint
-    from torch_curriculum.loragen._experiment import prepare_generator_data
+    from torch_curriculum.loragen import prepare_generator_data
 
     t_start = time.perf_counter()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

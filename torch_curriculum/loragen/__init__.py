@@ -4,7 +4,9 @@ The cloud model reads system prompt + persona once (states cached by :class:`Clo
 L learnable queries cross-attend over those states and give one meta token per edge layer; a
 per-layer router ``BN(f2(SiLU(f1(t_i))))`` with KeepTop-K softmax mixes n LoRA experts into a
 per-sample LoRA on the frozen edge model's FFN projections. :func:`train_generator` trains it
-with any sampler, ``PacingCallback`` and ``LayerMaskScheduler``.
+with any sampler, ``PacingCallback`` and ``LayerMaskScheduler``; :func:`prepare_generator_data`
+and :func:`run_strategy` wire one curriculum comparison (what ``torch-curriculum experiment`` and
+``examples/quickstart.py`` run).
 
 Example:
     >>> from torch_curriculum.loragen import LoRAGenConfig
@@ -22,6 +24,14 @@ from ._data import (
     build_examples,
     cloud_text,
 )
+from ._experiment import (
+    LAYER_AWARE_STRATEGIES,
+    LAYER_MODES,
+    FreezeOnlySampler,
+    GeneratorData,
+    prepare_generator_data,
+    run_strategy,
+)
 from ._generator import (
     LoRAGenerator,
     LoRAGenOutput,
@@ -36,9 +46,13 @@ LAYER_PATTERN = r"^layers\.(\d+)\."
 
 __all__ = [
     "CLOUD_SOURCES",
+    "LAYER_AWARE_STRATEGIES",
+    "LAYER_MODES",
     "DEFAULT_CLOUD_SYSTEM_PROMPT",
     "LAYER_PATTERN",
     "CloudStateCache",
+    "FreezeOnlySampler",
+    "GeneratorData",
     "LoRAGenCollator",
     "LoRAGenConfig",
     "LoRAGenConfigError",
@@ -56,5 +70,7 @@ __all__ = [
     "evaluate_per_sample_loss",
     "keep_topk_softmax",
     "pad_states",
+    "prepare_generator_data",
+    "run_strategy",
     "train_generator",
 ]

@@ -125,7 +125,9 @@ def prepare_generator_data(train: Sequence[Any], val: Sequence[Any], test: Seque
     """Tokenize the splits and encode every distinct cloud text once (cached to disk if asked).
 
     Args:
-        train, val, test: ``DialogueSample`` sequences; ``test`` may be None.
+        train (Sequence[DialogueSample]): the training split (index i is training sample i).
+        val (Sequence[DialogueSample]): the validation split.
+        test (Sequence[DialogueSample] | None): the test split, or None for none.
         edge_tokenizer: tokenizer of the edge model.
         cloud_model (nn.Module): the frozen cloud LM (only its decoder runs, once per text).
         cloud_tokenizer: its tokenizer.
