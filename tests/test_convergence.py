@@ -160,6 +160,10 @@ def test_runner_end_to_end_then_resume(tmp_path):
     assert "## Positive control" in text and "MDE (80% power)" in text and "H1 (d)" in text
     assert doc["provenance"]["seeds"] == [0, 1] and doc["provenance"]["data_fingerprint"].startswith("sha256:")
     assert (out / "report.md").read_text().startswith("# Curriculum benchmark report: smoke")
+    # where the runs trained (wall-time measures depend on it), not only where the report was built
+    run_header = json.loads((out / "runs" / "random" / "seed0.jsonl").read_text().splitlines()[0])
+    assert run_header["host"]["torch_threads"] == torch.get_num_threads()
+    assert doc["provenance"]["run_hosts"] == [{"host": run_header["host"], "runs": 16}]
 
     # one precompute per pooling writes the four metric files from the same shards (then deleted)
     assert list((out / "difficulty").glob("work_*")) == []

@@ -243,7 +243,8 @@ def run_record_from_log(path: str | os.PathLike, strategy: str, seed: int, *,
         dict: ``strategy``, ``seed``, ``val_steps``, ``val_losses``, ``val_samples``,
         ``val_wall_times``, ``final_val_loss``, ``test_loss``, ``log``, ``update_norm_steps``,
         ``update_norms`` ([T, L] list or None), ``grad_norm_mean`` ([L] mean over the logged
-        steps of each layer's gradient norm, or None).
+        steps of each layer's gradient norm, or None), ``host`` (where the run trained, from its
+        ``run`` record; None in logs written before it was recorded).
 
     Raises:
         ResultsError: see :func:`read_run_log`; also a log without validation records.
@@ -268,6 +269,7 @@ def run_record_from_log(path: str | os.PathLike, strategy: str, seed: int, *,
         "update_norm_steps": upd["step"].tolist() if upd else None,
         "update_norms": upd["norms"].tolist() if upd else None,
         "grad_norm_mean": grad["norms"].mean(axis=0).tolist() if grad else None,
+        "host": log["run"].get("host"),
     }
 
 

@@ -761,6 +761,24 @@ def per_sample_layer_grad_norms(generator: Any, dataset: Any, collate: Any, indi
     return np.stack(rows)
 
 
+def _host() -> dict[str, Any]:
+    """Where this process computes: OS, CPU architecture, torch threads and the GPU (None without)."""
+    return {"platform": platform.platform(), "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _run_hosts(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each distinct host the runs trained on, with how many runs (``host`` None: a log older than the field).
+
+    Wall-time measures depend on it; the ``host`` of the provenance is the process that built results.json.
+    """
+    counts: dict[str, int] = {}
+    for r in records:
+        key = json.dumps(r.get("host"), sort_keys=True)
+        counts[key] = counts.get(key, 0) + 1
+    return [{"host": json.loads(k), "runs": n} for k, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+
+
 def _grad_subset(cfg: Mapping[str, Any], n: int) -> list[int]:
     g = min(int(cfg["h1"]["grad_samples"]), n)
     return sorted(random.Random(cfg["data"]["split_seed"] + 101).sample(range(n), g)) if g else []
@@ -847,7 +865,7 @@ def train_all(cfg: Mapping[str, Any], data: Any, edge: Any, difficulty: MetaToke
                            batch_size=tr["batch_size"], lr=float(tr["lr"]), eval_every=tr["eval_every"], seed=seed,
                            generator_config=gen_cfg, log_path=log_path, sampler_overrides=overrides,
                            run_info={**run_info, "strategy": name, "sampler_strategy": strategy,
-                                     "control": CONTROL_INFO.get(name)},
+                                     "control": CONTROL_INFO.get(name), "host": _host()},
                            on_trained=after if is_random else None, on_init=at_init if is_random else None,
                            layer_mode=layer_mode, autocast_dtype=autocast)
         trained += 1
@@ -1278,9 +1296,7 @@ def _collect_one(out: Path, root: Path, cfg: Mapping[str, Any], prep: Mapping[st
         "primary_difficulty": {"pooling": mt.pooling, "metric": mt.distance_metric,
                                "score": f"top{mt.top_k}_mean" if mt.primary_score == "topk_mean" else mt.primary_score},
         "controls": {c: CONTROL_INFO[c] for c in cfg["controls"]}, "autocast": prep.get("autocast"),
-        "host": {"platform": platform.platform(), "machine": platform.machine(),
-                 "torch_threads": torch.get_num_threads(),
-                 "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "host": _host(), "run_hosts": _run_hosts(records),
         "timings_s": prep["timings_s"], "started": prep["started"],
         "runs_complete": status["complete"], "runs_missing": [f"{nm}/seed{sd}" for sd, nm in status["missing"]],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **dict(extra_provenance or {}),
