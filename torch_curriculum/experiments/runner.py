@@ -44,6 +44,7 @@ import logging
 import platform
 import random
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -772,11 +773,8 @@ def _run_hosts(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     Wall-time measures depend on it; the ``host`` of the provenance is the process that built results.json.
     """
-    counts: dict[str, int] = {}
-    for r in records:
-        key = json.dumps(r.get("host"), sort_keys=True)
-        counts[key] = counts.get(key, 0) + 1
-    return [{"host": json.loads(k), "runs": n} for k, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+    counts = Counter(json.dumps(r.get("host"), sort_keys=True) for r in records)
+    return [{"host": json.loads(k), "runs": n} for k, n in counts.most_common()]
 
 
 def _grad_subset(cfg: Mapping[str, Any], n: int) -> list[int]:
