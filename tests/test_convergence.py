@@ -163,6 +163,7 @@ def test_runner_end_to_end_then_resume(tmp_path):
     # where the runs trained (wall-time measures depend on it), not only where the report was built
     run_header = json.loads((out / "runs" / "random" / "seed0.jsonl").read_text().splitlines()[0])
     assert run_header["host"]["torch_threads"] == torch.get_num_threads()
+    assert run_header["host"]["device"] == "cpu" and run_header["host"]["gpu"] is None
     assert doc["provenance"]["run_hosts"] == [{"host": run_header["host"], "runs": 16}]
 
     # one precompute per pooling writes the four metric files from the same shards (then deleted)

@@ -434,6 +434,9 @@ def test_training_lowers_loss_logs_and_keeps_frozen_layers_bit_identical(tmp_pat
     records = [json.loads(line) for line in log.read_text().splitlines()]
     kinds = [r["type"] for r in records]
     assert kinds[0] == "run" and kinds[-1] == "end" and kinds.count("train") == 20
+    host = records[0]["host"]                               # where it trained: the generator's device
+    assert host["device"] == "cpu" and host["gpu"] is None and host["torch_threads"] == torch.get_num_threads()
+    assert host["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert kinds.count("val") == 3 and kinds.count("test") == 1
     train = [r for r in records if r["type"] == "train"]
     for r in train:

@@ -41,7 +41,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import platform
 import random
 import time
 from collections import Counter
@@ -53,6 +52,7 @@ import numpy as np
 import torch
 
 from .. import CurriculumConfig, MetaTokenDifficultyDataset
+from .._host import host_info
 from ..config import STRATEGIES, canonical_strategy
 from ..difficulty import METRICS
 from . import report as _report
@@ -762,12 +762,6 @@ def per_sample_layer_grad_norms(generator: Any, dataset: Any, collate: Any, indi
     return np.stack(rows)
 
 
-def _host() -> dict[str, Any]:
-    """Where this process computes: OS, CPU architecture, torch threads and the GPU (None without)."""
-    return {"platform": platform.platform(), "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
 def _run_hosts(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Each distinct host the runs trained on, with how many runs (``host`` None: a log older than the field).
 
@@ -863,7 +857,7 @@ def train_all(cfg: Mapping[str, Any], data: Any, edge: Any, difficulty: MetaToke
                            batch_size=tr["batch_size"], lr=float(tr["lr"]), eval_every=tr["eval_every"], seed=seed,
                            generator_config=gen_cfg, log_path=log_path, sampler_overrides=overrides,
                            run_info={**run_info, "strategy": name, "sampler_strategy": strategy,
-                                     "control": CONTROL_INFO.get(name), "host": _host()},
+                                     "control": CONTROL_INFO.get(name)},
                            on_trained=after if is_random else None, on_init=at_init if is_random else None,
                            layer_mode=layer_mode, autocast_dtype=autocast)
         trained += 1
@@ -1294,7 +1288,7 @@ def _collect_one(out: Path, root: Path, cfg: Mapping[str, Any], prep: Mapping[st
         "primary_difficulty": {"pooling": mt.pooling, "metric": mt.distance_metric,
                                "score": f"top{mt.top_k}_mean" if mt.primary_score == "topk_mean" else mt.primary_score},
         "controls": {c: CONTROL_INFO[c] for c in cfg["controls"]}, "autocast": prep.get("autocast"),
-        "host": _host(), "run_hosts": _run_hosts(records),
+        "host": host_info(), "run_hosts": _run_hosts(records),
         "timings_s": prep["timings_s"], "started": prep["started"],
         "runs_complete": status["complete"], "runs_missing": [f"{nm}/seed{sd}" for sd, nm in status["missing"]],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **dict(extra_provenance or {}),

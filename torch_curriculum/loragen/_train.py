@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .._host import host_info
 from ._generator import LoRAGenerator
 
 __all__ = ["TrainResult", "evaluate_loss", "evaluate_per_sample_loss", "train_generator"]
@@ -182,7 +183,9 @@ def train_generator(generator: LoRAGenerator, train_dataset: Dataset, *, sampler
         seed (int): torch seed for dropout. Default 0.
         progress (bool): tqdm bar. Default False.
         log_every (int): compute the per-layer update norms every this many steps. Default 1.
-        run_info (dict | None): written as the first JSONL record ``{"type": "run", ...}``.
+        run_info (dict | None): extra fields of the first JSONL record ``{"type": "run", ...}``,
+            which also holds the arguments and ``host`` (machine, CPU, torch threads and the
+            generator's device; wall times depend on it).
         autocast_dtype (torch.dtype | None): the training forward and backward run under
             ``torch.autocast(device_type, dtype)`` (``torch.bfloat16``: cheaper steps on CPUs with
             bf16 matrix units and on GPUs; the parameters, gradients and optimizer stay fp32).
@@ -242,7 +245,7 @@ def train_generator(generator: LoRAGenerator, train_dataset: Dataset, *, sampler
         emit({"type": "run", "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
               "autocast_dtype": str(autocast_dtype).replace("torch.", "") if autocast_dtype else None,
               "sampler": type(sampler).__name__, "num_layers": generator.num_layers,
-              "generator_config": generator.config.to_dict(), **(run_info or {})})
+              "generator_config": generator.config.to_dict(), "host": host_info(device), **(run_info or {})})
         generator.train()
         validate(0)
         if progress:
