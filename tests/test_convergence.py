@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from _tiny_lm import WORDS, make_model, make_tokenizer
 
 from torch_curriculum import MetaTokenDifficultyDataset, signals
+from torch_curriculum.cli import main as cli_main
 from torch_curriculum.experiments import PRESETS_DIR
 from torch_curriculum.experiments import results as _results
 from torch_curriculum.experiments import runner as convergence
@@ -343,6 +344,10 @@ def test_cli_experiment_killed_mid_run_resumes_then_reports(tmp_path):
     logs = list((out / "runs").rglob("*.jsonl"))
     finished = {p for p in logs if '"type": "end"' in p.read_text()}
     assert finished and len(logs) > len(finished)  # killed in the middle of a run
+    st = convergence.experiment_status(out)       # what `report --status` prints: one cut-off run
+    assert (st["finished"], st["planned"], st["budgets"][0]["partial"]) == (len(finished), 6, 1)
+    cut = next(r for r in st["budgets"][0]["runs"] if r["state"] == "partial")
+    assert (out / cut["log"]) in set(logs) - finished and cut["idle_s"] >= 0
     mtimes = {p: p.stat().st_mtime_ns for p in finished}
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
@@ -358,7 +363,7 @@ def test_cli_experiment_killed_mid_run_resumes_then_reports(tmp_path):
     assert doc["provenance"]["runs_missing"] == [] and doc["noise"]["oracle"] == "oracle"
 
 
-def test_shards_split_the_runs_and_report_merges_them(tmp_path):
+def test_shards_split_the_runs_and_report_merges_them(tmp_path, capsys):
     cfg = _preset(_write_dialogues(tmp_path / "d.jsonl"))
     cfg.update(strategies=["random", "easy_to_hard"], controls=["oracle"])
     cfg["h1"].update(grad_samples=0, heldout=False, metrics=["l2"], poolings=["mean"])
@@ -367,7 +372,22 @@ def test_shards_split_the_runs_and_report_merges_them(tmp_path):
     cfg = convergence.validate_preset(cfg)
     out = tmp_path / "res"
     a = convergence.run_preset(cfg, out, shard=(0, 2), report=False)
+    # status names the shard of each run as --shard splits them: budgets in the preset's order
+    # ("short" before "long"), runs counted over both budgets together
+    st = convergence.experiment_status(out, shards=2)
+    assert [bud["budget"] for bud in st["budgets"]] == ["short", "long"]
+    runs = [r for bud in st["budgets"] for r in bud["runs"]]
+    assert [r["state"] for r in runs] == ["finished" if r["shard"] == "1/2" else "missing" for r in runs]
+    assert st["finished"] == a["runs_trained"] == 6 and [r["index"] for r in runs] == [1, 2, 3, 4, 5, 6] * 2
+    assert all(r["step"] == r["steps"] for r in runs if r["state"] == "finished")
+    assert cli_main(["report", str(out), "--status", "--shards", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == {"planned": 12, "finished": 6, "partial": 0, "missing": 6}
+    assert lines[0].endswith("6 of 12 runs finished") and sum("(--shard 2/2)" in ln for ln in lines) == 6
+    with pytest.raises(convergence.PresetError, match="shards must be a positive int"):
+        convergence.experiment_status(out, shards=0)
     b = convergence.run_preset(cfg, out, shard=(1, 2), report=False)
+    assert convergence.experiment_status(out)["finished"] == 12
     assert a["runs_trained"] + b["runs_trained"] == 12 and abs(a["runs_trained"] - b["runs_trained"]) <= 1
     assert b["runs_skipped"] == 0  # the shards are disjoint
     res = convergence.collect_results(out, plots=False)

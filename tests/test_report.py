@@ -528,6 +528,12 @@ def test_cli_regenerates_the_report(results_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "neither config.json" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "empty"), "--status"]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+    assert main(["report", str(root), "--shards", "2"]) == 2
+    assert "--shards goes with --status" in capsys.readouterr().err
+    assert main(["report", str(root), "--status", "--render-only"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mutate,match", [

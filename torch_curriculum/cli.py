@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -102,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"torch-curriculum {args.command}: interrupted\n")
         return 130
+    except BrokenPipeError:
+        # stdout piped into a reader that stopped early (`| head`): no traceback; silence the
+        # interpreter's own flush of stdout at exit, which would raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except _user_errors() as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         sys.stderr.write(f"torch-curriculum {args.command}: error: {msg}\n")

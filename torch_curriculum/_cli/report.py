@@ -2,8 +2,10 @@
 
 Merges every finished run in ``DIR`` (from one or several ``--shard`` processes) into
 ``results.json`` (needs no model), then renders ``report.md`` and ``plots/``. With
-``--render-only`` it only re-renders an existing ``results.json``. The last line printed is one
-JSON object (``results``, ``report``).
+``--render-only`` it only re-renders an existing ``results.json``. With ``--status`` it writes
+nothing and lists which runs have finished, are under way (or were cut off) and wait, with the
+``--shard i/n`` that trains each (``--shards n``). The last line printed is one JSON object
+(``results``, ``report``; with ``--status``: ``planned``, ``finished``, ``partial``, ``missing``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,33 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="Markdown report without PNGs")
     p.add_argument("--render-only", action="store_true",
                    help="re-render report.md from the existing results.json (no re-analysis)")
+    p.add_argument("--status", action="store_true",
+                   help="write nothing; list finished, partial (under way or cut off) and waiting runs")
+    p.add_argument("--shards", type=int, default=1, metavar="N",
+                   help="with --status: name the --shard i/N that trains each unfinished run (default 1)")
     return p
+
+
+def _print_status(st: dict) -> dict:
+    """Human-readable progress on stdout; returns the JSON summary."""
+    import sys
+
+    totals = {"planned": st["planned"], "finished": st["finished"], "partial": 0, "missing": 0}
+    sys.stdout.write(f"{st['dir']} (preset {st['preset']}): {st['finished']} of {st['planned']} runs finished\n")
+    for b in st["budgets"]:
+        totals["partial"] += b["partial"]
+        totals["missing"] += b["missing"]
+        label = f"budget {b['budget']}" if b["budget"] else "runs"
+        sys.stdout.write(f"  {label}: {b['finished']} of {b['planned']} finished, {b['partial']} partial, "
+                         f"{b['missing']} not started\n")
+        for r in b["runs"]:
+            if r["state"] == "finished":
+                continue
+            where = (f"partial: step {r['step'] if r['step'] is not None else 0}/{r['steps']}, log written "
+                     f"{r['idle_s']:.0f} s ago" if r["state"] == "partial" else "not started")
+            shard = f" (--shard {r['shard']})" if st["shards"] > 1 else ""
+            sys.stdout.write(f"    [{r['index']}/{b['planned']}] {r['strategy']} seed {r['seed']}: {where}{shard}\n")
+    return totals
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,13 +68,19 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import CLIError
     from ..experiments.report import build_report
     from ..experiments.results import ResultsError
-    from ..experiments.runner import PresetError, collect_results
+    from ..experiments.runner import PresetError, collect_results, experiment_status
 
     d = Path(args.dir)
     if not d.is_dir():
         raise CLIError(f"{d} is not a directory")
+    if args.shards != 1 and not args.status:
+        raise CLIError("--shards goes with --status")
+    if args.status and args.render_only:
+        raise CLIError("--status and --render-only exclude each other")
     try:
-        if args.render_only or not (d / "config.json").is_file():
+        if args.status:
+            summary = _print_status(experiment_status(d, shards=args.shards))
+        elif args.render_only or not (d / "config.json").is_file():
             if not (d / "results.json").is_file():
                 raise CLIError(f"{d} has neither config.json (an experiment directory) nor results.json")
             rep = build_report(d, plots=not args.no_plots)

@@ -60,7 +60,7 @@ from . import results as _results
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
-__all__ = ["CONTROLS", "PresetError", "collect_results", "inject_noise", "load_preset", "parse_shard",
+__all__ = ["CONTROLS", "PresetError", "collect_results", "experiment_status", "inject_noise", "load_preset", "parse_shard",
            "resolve_autocast", "resolve_preset", "run_preset", "validate_preset"]
 
 logger = logging.getLogger("torch_curriculum.experiments")
@@ -1079,7 +1079,8 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
     out.mkdir(parents=True, exist_ok=True)
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    (out / "config.json").write_text(json.dumps(_results.jsonable(cfg), indent=1, sort_keys=True), encoding="utf-8")
+    # the preset's own key order: budgets run (and --shard splits them) in the order the preset lists them
+    (out / "config.json").write_text(json.dumps(_results.jsonable(cfg), indent=1), encoding="utf-8")
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -1169,6 +1170,80 @@ def _plan_status(cfg: Mapping[str, Any], out: Path) -> dict[str, Any]:
                 ok = any('"type": "end"' in line for line in fh)
         (done if ok else missing).append((seed, name))
     return {"complete": len(done), "missing": missing, "done": done}
+
+
+def _log_progress(path: Path) -> tuple[str, int | None, float | None]:
+    """(state, last trained step, seconds since the log was written) of one run's log."""
+    if not path.is_file():
+        return "missing", None, None
+    last_train, finished = None, False
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if '"type": "end"' in line:
+                finished = True
+            elif '"type": "train"' in line:
+                last_train = line
+    step = None
+    if last_train is not None:
+        try:
+            step = int(json.loads(last_train)["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            step = None  # a torn last line of a run killed mid-write
+    return ("finished" if finished else "partial"), step, round(time.time() - path.stat().st_mtime, 1)
+
+
+def experiment_status(out: str | Path, *, shards: int = 1) -> dict[str, Any]:
+    """Which runs of an experiment directory have finished, are under way (or were cut off), or wait.
+
+    Reads only ``config.json`` and the run logs (no model, nothing written), so it is safe while
+    ``--shard`` processes are training into the same directory. A ``partial`` run has a log without
+    its ``end`` record: either a process is training it (``idle_s`` small) or one was stopped, and
+    the next ``torch-curriculum experiment`` retrains it from the start.
+
+    Args:
+        out (str | Path): the ``--out`` directory of ``torch-curriculum experiment``.
+        shards (int): with ``n`` > 1 each run also names the ``--shard i/n`` that trains it.
+            Default 1.
+
+    Returns:
+        dict: ``dir``, ``preset``, ``shards``, ``planned``, ``finished`` and ``budgets``: per budget
+        (``budget`` None without budgets) ``planned``, ``finished``, ``partial``, ``missing`` and
+        ``runs`` in plan order, each ``{"index", "seed", "strategy", "state", "step", "steps",
+        "idle_s", "shard", "log"}`` (``index`` 1-based within the budget, as the progress log counts
+        ``[index/planned]``; ``shard`` splits the plan of all budgets together, as ``--shard`` does;
+        ``step`` the last trained step, None before the first; ``idle_s`` seconds since the log
+        was last written, None without a log).
+
+    Raises:
+        PresetError: ``out`` has no (valid) ``config.json``, or ``shards`` < 1.
+
+    Example:
+        >>> st = experiment_status("results/cpu", shards=2)  # doctest: +SKIP
+        >>> [(r["strategy"], r["seed"]) for b in st["budgets"] for r in b["runs"] if r["state"] != "finished"]
+    """
+    out = Path(out)
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise PresetError(f"shards must be a positive int, got {shards!r}")
+    if not (out / "config.json").is_file():
+        raise PresetError(f"{out} has no config.json: not a results directory written by `torch-curriculum "
+                          "experiment` (or it has not started)")
+    full = validate_preset(json.loads((out / "config.json").read_text(encoding="utf-8")))
+    budgets, base = [], 0
+    for budget in budget_names(full):
+        cfg, root = budget_config(full, budget), run_root(out, budget)
+        runs = []
+        for i, (seed, name) in enumerate(_run_plan(cfg)):
+            path = root / "runs" / name / f"seed{seed}.jsonl"
+            state, step, idle = _log_progress(path)
+            runs.append({"index": i + 1, "seed": seed, "strategy": name, "state": state, "step": step,
+                         "steps": cfg["training"]["steps"], "idle_s": idle,
+                         "shard": f"{(base + i) % shards + 1}/{shards}", "log": path.relative_to(out).as_posix()})
+        counts = Counter(r["state"] for r in runs)
+        budgets.append({"budget": budget, "planned": len(runs), "finished": counts["finished"],
+                        "partial": counts["partial"], "missing": counts["missing"], "runs": runs})
+        base += len(runs)
+    return {"dir": str(out), "preset": full["preset"], "shards": shards, "planned": base,
+            "finished": sum(b["finished"] for b in budgets), "budgets": budgets}
 
 
 def collect_results(out: str | Path, *, report: bool = True, plots: bool = True, config_path: str | None = None,
