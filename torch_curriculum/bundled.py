@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from ._io import atomic_write_text
 from ._optional import require
 
 __all__ = [
@@ -120,12 +121,6 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _sha256_cached(path: Path, root: Path) -> str:
     """sha256 of a file, remembered in the cache for as long as its size and mtime stay the same."""
     path = path.resolve()
@@ -141,7 +136,7 @@ def _sha256_cached(path: Path, root: Path) -> str:
         pass
     digest = _sha256_file(path)
     record_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(record_path, json.dumps({**stamp, "sha256": digest}))
+    atomic_write_text(record_path, json.dumps({**stamp, "sha256": digest}))
     return digest
 
 

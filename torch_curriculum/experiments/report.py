@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_write, atomic_write_text
 from .metrics import holm
 from .results import ResultsError, _by_abs_rho, load_results, read_run_log
 
@@ -543,7 +544,8 @@ def _panel_grid(plt: Any, n: int, max_cols: int, cell: tuple[float, float]) -> t
 
 def _save(plt: Any, fig: Any, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=110, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
 
 
@@ -809,7 +811,7 @@ def build_report(results_dir: str | Path, *, plots: bool = True) -> Path:
     plt = _pyplot() if plots else None
     written = make_plots(doc, root, plt) if plt is not None else []
     path = root / "report.md"
-    path.write_text(render_markdown(doc, written), encoding="utf-8")
+    atomic_write_text(path, render_markdown(doc, written))
     return path
 
 

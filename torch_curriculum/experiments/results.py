@@ -66,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_write, atomic_write_text
 from . import metrics
 
 __all__ = [
@@ -825,14 +826,16 @@ def save_arrays(results_dir: str | os.PathLike, *, layer_diffs: Any = None,
         arr = np.asarray(arr, dtype=np.float64)
         if arr.ndim != 2:
             raise ResultsError(f"{key} must be [N, L], got shape {arr.shape}")
-        np.save(root / "arrays" / f"{key}.npy", arr)
+        with atomic_write(root / "arrays" / f"{key}.npy") as f:
+            np.save(f, arr)
         out[key] = f"arrays/{key}.npy"
     if h1_samples:
         cols = {k: np.asarray(v, dtype=np.float64).ravel() for k, v in h1_samples.items()}
         if len({v.size for v in cols.values()}) != 1:
             raise ResultsError(f"h1_samples arrays differ in length: "
                                f"{ {k: v.size for k, v in cols.items()} }")
-        np.savez(root / "arrays" / "h1_samples.npz", **cols)
+        with atomic_write(root / "arrays" / "h1_samples.npz") as f:
+            np.savez(f, **cols)
         out["h1_samples"] = "arrays/h1_samples.npz"
     return out
 
@@ -847,10 +850,8 @@ def write_results(results_dir: str | os.PathLike, results: Mapping[str, Any]) ->
     validate_results(doc, results_dir)
     root = Path(results_dir)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / "results.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, root / "results.json")
-    return root / "results.json"
+    # unique temp name: two --shard processes that finish together may both write it
+    return atomic_write_text(root / "results.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
 def load_results(results_dir: str | os.PathLike) -> dict[str, Any]:

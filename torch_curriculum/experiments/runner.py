@@ -53,6 +53,7 @@ import torch
 
 from .. import CurriculumConfig, MetaTokenDifficultyDataset
 from .._host import host_info
+from .._io import atomic_write, atomic_write_text
 from ..config import STRATEGIES, canonical_strategy
 from ..difficulty import METRICS
 from . import report as _report
@@ -556,9 +557,8 @@ def compute_signals(cfg: Mapping[str, Any], train: Sequence[Any], models: Mappin
     logger.info("cheap signals: edge passes %.1f s, cloud pass %.1f s", t_edge, time.perf_counter() - t0 - t_edge)
     res = {"response_length": sig.response_lengths(edge_tok, pairs), "edge_loss_before": edge_loss,
            "cloud_minus_edge_loss": cloud_loss - edge_loss, "ifd": ifd, "cloud_loss": cloud_loss}
-    tmp = out / "signals.tmp.npz"
-    np.savez(tmp, fingerprint=np.array(fingerprint), **res)
-    tmp.replace(path)
+    with atomic_write(path) as f:  # a file object: np.savez adds no suffix
+        np.savez(f, fingerprint=np.array(fingerprint), **res)
     return res
 
 
@@ -1080,7 +1080,7 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     # the preset's own key order: budgets run (and --shard splits them) in the order the preset lists them
-    (out / "config.json").write_text(json.dumps(_results.jsonable(cfg), indent=1), encoding="utf-8")
+    atomic_write_text(out / "config.json", json.dumps(_results.jsonable(cfg), indent=1))
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -1134,7 +1134,7 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
                 "difficulty_fingerprint": primary.metadata.get("run_key"),
                 "autocast": str(resolve_autocast(cfg["training"]["autocast"], next(edge.parameters()).device))}
     _keep_first_preparation(out / "prepared.json", prepared)
-    (out / "prepared.json").write_text(json.dumps(prepared, indent=1), encoding="utf-8")
+    atomic_write_text(out / "prepared.json", json.dumps(prepared, indent=1))
 
     t0 = time.perf_counter()
     run_info = {"preset": cfg["preset"], "data": data_desc, "data_fingerprint": fp,

@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, get_last_checkpoint
 
+from .._io import atomic_write_text
 from ..layer_mask import LayerMaskScheduler, check_supported_model
 from ..pacing import LossFeeder
 
@@ -480,12 +481,7 @@ class _CurriculumStateCallback(TrainerCallback):
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, _checkpoint_file(args.process_index, args.world_size))
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.trainer.curriculum_state_dict(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.trainer.curriculum_state_dict()))
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._io import atomic_path, atomic_write_text
+
 __all__ = ["CloudStateCache", "encode_cloud", "pad_states"]
 
 logger = logging.getLogger(__name__)
@@ -232,8 +234,9 @@ class CloudStateCache:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({self._key(t): s.contiguous() for t, s in self._states.items()}, str(path))
-        Path(str(path) + ".json").write_text(json.dumps(
+        with atomic_path(path) as tmp:
+            save_file({self._key(t): s.contiguous() for t, s in self._states.items()}, str(tmp))
+        atomic_write_text(Path(str(path) + ".json"), json.dumps(
             {"texts": list(self._states), "layer": self.layer}, ensure_ascii=False))
 
     def load(self, path: str | Path) -> int:

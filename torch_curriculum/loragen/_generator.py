@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._io import atomic_path, atomic_write_text
 from ._config import LoRAGenConfig
 
 __all__ = ["LoRAGenOutput", "LoRAGenerator", "Routing", "edge_decoder_layers", "keep_topk_softmax"]
@@ -610,7 +611,8 @@ class LoRAGenerator(nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path), metadata={"format": _FORMAT})
+        with atomic_path(path) as tmp:  # a crash mid-save leaves the previous checkpoint whole
+            save_file(state, str(tmp), metadata={"format": _FORMAT})
         info = {"format": _FORMAT, "config": self.config.to_dict(),
                 "cloud_hidden_size": self.cloud_hidden_size, "num_layers": self.num_layers,
                 "target_shapes": {k: list(v) for k, v in self.target_shapes.items()},
@@ -618,7 +620,7 @@ class LoRAGenerator(nn.Module):
                                            "model_type", None),
                 "metadata": metadata or {}}
         cfg_path = self._config_path(path)
-        cfg_path.write_text(json.dumps(info, indent=2))
+        atomic_write_text(cfg_path, json.dumps(info, indent=2))
         return cfg_path
 
     @classmethod
