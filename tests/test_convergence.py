@@ -401,6 +401,39 @@ def test_shards_split_the_runs_and_report_merges_them(tmp_path, capsys):
     assert convergence.parse_shard("2/3") == (1, 3) and convergence.parse_shard(None) == (0, 1)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="run locks use fcntl.flock")
+def test_a_run_another_process_is_training_is_left_to_it(tmp_path, capsys):
+    import fcntl
+    import socket
+
+    cfg = _preset(_write_dialogues(tmp_path / "d.jsonl"))
+    cfg.update(seeds=[0], strategies=["random", "easy_to_hard"], controls=[])
+    cfg["h1"].update(grad_samples=0, heldout=False, metrics=["l2"], poolings=["mean"])
+    out = tmp_path / "res"
+    log = out / "runs" / "easy_to_hard" / "seed0.jsonl"
+    # "another process" holds easy_to_hard's lock (its own open file: flock excludes it as it would
+    # a second process) and has started writing the log
+    log.parent.mkdir(parents=True)
+    log.write_text('{"type": "run"}\n')
+    holder = os.open(log.with_name("seed0.jsonl.lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(holder, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}).encode())
+    try:
+        first = convergence.run_preset(cfg, out, report=False)
+        assert (first["runs_trained"], first["runs_skipped"], first["runs_busy"]) == (1, 0, 1)
+        assert log.read_text() == '{"type": "run"}\n'            # its log untouched
+        st = convergence.experiment_status(out)
+        busy = next(r for r in st["budgets"][0]["runs"] if r["strategy"] == "easy_to_hard")
+        assert busy["state"] == "partial" and busy["holder"]["pid"] == os.getpid() and busy["holder"]["alive"]
+        assert cli_main(["report", str(out), "--status"]) == 0
+        assert f"training in pid {os.getpid()}" in capsys.readouterr().out
+    finally:
+        os.close(holder)                                         # that process ends: the OS drops the lock
+    second = convergence.run_preset(cfg, out, report=False)
+    assert (second["runs_trained"], second["runs_skipped"], second["runs_busy"]) == (1, 1, 0)
+    assert '"type": "end"' in log.read_text() and not log.with_name("seed0.jsonl.lock").exists()
+
+
 @pytest.mark.integration
 def test_runner_on_the_bundled_models(tmp_path):
     # the cpu preset shrunk to seconds of training: real SmolLM2 / Qwen2.5 tokenizers and chitchat

@@ -3,7 +3,9 @@
 Runs are independent and resumable (a finished run is never redone); ``--shard i/n`` lets n
 processes or machines split the runs of one results directory, and ``torch-curriculum report DIR``
 merges what they wrote. The last line printed is one JSON object (``results``, ``report``,
-``runs_trained``, ``runs_skipped``, ``wall_s``).
+``runs_trained``, ``runs_skipped``, ``runs_busy``, ``wall_s``). Each run is locked while it trains
+(``runs/<strategy>/seed<k>.jsonl.lock``): a second process reaching a run another one is training
+leaves it to that process and goes on.
 """
 
 from __future__ import annotations

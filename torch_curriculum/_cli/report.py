@@ -54,6 +54,11 @@ def _print_status(st: dict) -> dict:
                 continue
             where = (f"partial: step {r['step'] if r['step'] is not None else 0}/{r['steps']}, log written "
                      f"{r['idle_s']:.0f} s ago" if r["state"] == "partial" else "not started")
+            h = r.get("holder")
+            if h and h.get("alive") is not False:
+                where += f", training in pid {h.get('pid')} on {h.get('host')} since {h.get('since')}"
+            elif r["state"] == "partial" and h:
+                where += ", cut off (its process is gone)"
             shard = f" (--shard {r['shard']})" if st["shards"] > 1 else ""
             sys.stdout.write(f"    [{r['index']}/{b['planned']}] {r['strategy']} seed {r['seed']}: {where}{shard}\n")
     return totals

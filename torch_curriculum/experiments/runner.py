@@ -41,7 +41,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -776,11 +778,90 @@ def _grad_subset(cfg: Mapping[str, Any], n: int) -> list[int]:
     return sorted(random.Random(cfg["data"]["split_seed"] + 101).sample(range(n), g)) if g else []
 
 
+def _lock_path(log_path: Path) -> Path:
+    return log_path.with_name(log_path.name + ".lock")
+
+
+def _claim_run(log_path: Path) -> tuple[int | None, dict[str, Any] | None]:
+    """Take the run's lock: ``(fd, None)`` when this process holds it, ``(None, holder)`` when another does.
+
+    Two processes training one run would write one log at once (a second ``--shard i/n`` with the
+    same ``i``, or an unsharded invocation beside the shards): the lines interleave and a "finished"
+    log can be garbage. An ``flock`` on ``seed<k>.jsonl.lock`` is released by the OS when its process
+    dies, so a crash leaves no stale claim. Without ``fcntl`` (Windows) runs are not locked:
+    ``(-1, None)``.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return -1, None
+    path = _lock_path(log_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(20):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None, _read_lock(path) or {}
+        try:  # the holder before us may have unlinked the file we opened: lock the one at `path`
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            info = {"pid": os.getpid(), "host": socket.gethostname(),
+                    "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info).encode("utf-8"))
+            return fd, None
+        os.close(fd)
+    raise PresetError(f"could not take the lock {path}: it keeps being replaced")
+
+
+def _release_run(log_path: Path, fd: int | None) -> None:
+    if fd is None or fd < 0:
+        return
+    _lock_path(log_path).unlink(missing_ok=True)  # unlink before unlocking: a waiter re-checks the inode
+    os.close(fd)
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _lock_holder(log_path: Path) -> dict[str, Any] | None:
+    """Who holds a run's lock, as far as this process can tell (for ``--status``; takes no lock).
+
+    The lock file's ``pid``/``host``; ``alive`` is True/False for a process on this host (checked with
+    signal 0) and None for one on another host.
+    """
+    info = _read_lock(_lock_path(log_path))
+    if not info or "pid" not in info:
+        return None
+    alive = None
+    if info.get("host") == socket.gethostname():
+        try:
+            os.kill(int(info["pid"]), 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except (PermissionError, OSError, ValueError):
+            alive = None
+    return {**info, "alive": alive}
+
+
 def train_all(cfg: Mapping[str, Any], data: Any, edge: Any, difficulty: MetaTokenDifficultyDataset,
               signals: Mapping[str, np.ndarray], out: Path, run_info: Mapping[str, Any], *,
               noise_flags: np.ndarray | None = None, shard: tuple[int, int] = (0, 1),
               stop_after: int | None = None, index_base: int = 0) -> tuple[int, int]:
-    """Train every (seed, strategy) of this shard not finished yet; returns (trained, skipped).
+    """Train every (seed, strategy) of this shard not finished yet; returns (trained, skipped, busy).
+
+    ``skipped``: runs found finished; ``busy``: runs another live process holds the lock of (see
+    :func:`_claim_run`), left to it.
 
     Args:
         shard (tuple[int, int]): ``(i, n)``, 0-based: this process trains plan entries
@@ -799,7 +880,7 @@ def train_all(cfg: Mapping[str, Any], data: Any, edge: Any, difficulty: MetaToke
     autocast = resolve_autocast(tr["autocast"], device)
     grad_idx = _grad_subset(cfg, len(data.train))
     heldout = bool(cfg["h1"]["heldout"])
-    trained = skipped = 0
+    trained = skipped = busy = 0
     plan = _run_plan(cfg)
     for i, (seed, name) in enumerate(plan):
         if (index_base + i) % shard[1] != shard[0]:
@@ -826,46 +907,59 @@ def train_all(cfg: Mapping[str, Any], data: Any, edge: Any, difficulty: MetaToke
         if _log_complete(log_path, expected, need_test=data.test is not None, need_eval=is_random):
             skipped += 1
             continue
-        before: dict[str, Any] = {}
+        lock, holder = _claim_run(log_path)
+        if lock is None:
+            busy += 1
+            logger.warning("%s seed %d: skipped, another process is training it (pid %s on %s since %s; lock %s)",
+                           name, seed, holder.get("pid"), holder.get("host"), holder.get("since"),
+                           _lock_path(log_path))
+            continue
+        try:
+            if _log_complete(log_path, expected, need_test=data.test is not None, need_eval=is_random):
+                skipped += 1  # another process finished it while this one checked
+                continue
+            before: dict[str, Any] = {}
 
-        def at_init(generator: Any, before: dict[str, Any] = before) -> None:
-            # H1 (b): every training sample's loss under the zero-initialised generator (= bare edge loss)
-            before["loss"] = evaluate_per_sample_loss(generator, data.train, data.collate, batch_size=eval_bs)
-            if grad_idx:  # H1 (d): per-sample, per-layer gradient norms at initialisation
-                before["grad"] = per_sample_layer_grad_norms(generator, data.train, data.collate, grad_idx)
+            def at_init(generator: Any, before: dict[str, Any] = before) -> None:
+                # H1 (b): every training sample's loss under the zero-initialised generator (= bare edge loss)
+                before["loss"] = evaluate_per_sample_loss(generator, data.train, data.collate, batch_size=eval_bs)
+                if grad_idx:  # H1 (d): per-sample, per-layer gradient norms at initialisation
+                    before["grad"] = per_sample_layer_grad_norms(generator, data.train, data.collate, grad_idx)
 
-        def after(generator: Any, result: Any, log_path: Path = log_path, before: dict[str, Any] = before) -> None:
-            # H1 targets from the trained random-order generator (eval mode)
-            losses = evaluate_per_sample_loss(generator, data.train, data.collate, batch_size=eval_bs)
-            recs = [{"type": "per_sample_eval", "split": "train", "loss": [round(v, 6) for v in losses]},
-                    {"type": "per_sample_eval", "split": "train_init",
-                     "loss": [round(v, 6) for v in before["loss"]]}]
-            if heldout:
-                val = evaluate_per_sample_loss(generator, data.val, data.collate, batch_size=eval_bs)
-                recs.append({"type": "per_sample_eval", "split": "val", "loss": [round(v, 6) for v in val]})
-            if grad_idx:
-                end = per_sample_layer_grad_norms(generator, data.train, data.collate, grad_idx)
-                recs.append({"type": "per_sample_grad", "indices": grad_idx,
-                             "init": np.round(before["grad"], 6).tolist(), "end": np.round(end, 6).tolist()})
-            with open(log_path, "a", encoding="utf-8") as fh:
-                for rec in recs:
-                    fh.write(json.dumps(rec) + "\n")
+            def after(generator: Any, result: Any, log_path: Path = log_path, before: dict[str, Any] = before) -> None:
+                # H1 targets from the trained random-order generator (eval mode)
+                losses = evaluate_per_sample_loss(generator, data.train, data.collate, batch_size=eval_bs)
+                recs = [{"type": "per_sample_eval", "split": "train", "loss": [round(v, 6) for v in losses]},
+                        {"type": "per_sample_eval", "split": "train_init",
+                         "loss": [round(v, 6) for v in before["loss"]]}]
+                if heldout:
+                    val = evaluate_per_sample_loss(generator, data.val, data.collate, batch_size=eval_bs)
+                    recs.append({"type": "per_sample_eval", "split": "val", "loss": [round(v, 6) for v in val]})
+                if grad_idx:
+                    end = per_sample_layer_grad_norms(generator, data.train, data.collate, grad_idx)
+                    recs.append({"type": "per_sample_grad", "indices": grad_idx,
+                                 "init": np.round(before["grad"], 6).tolist(), "end": np.round(end, 6).tolist()})
+                with open(log_path, "a", encoding="utf-8") as fh:
+                    for rec in recs:
+                        fh.write(json.dumps(rec) + "\n")
 
-        logger.info("[%d/%d] %s seed %d (%d steps)", i + 1, len(plan), name, seed, tr["steps"])
-        t0 = time.perf_counter()
-        res = run_strategy(strategy, edge_model=edge, data=data, difficulty=table, config=ccfg, steps=tr["steps"],
-                           batch_size=tr["batch_size"], lr=float(tr["lr"]), eval_every=tr["eval_every"], seed=seed,
-                           generator_config=gen_cfg, log_path=log_path, sampler_overrides=overrides,
-                           run_info={**run_info, "strategy": name, "sampler_strategy": strategy,
-                                     "control": CONTROL_INFO.get(name)},
-                           on_trained=after if is_random else None, on_init=at_init if is_random else None,
-                           layer_mode=layer_mode, autocast_dtype=autocast)
-        trained += 1
-        logger.info("%s seed %d: final val %.4f, test %s, %.0f s", name, seed, res.final_val_loss,
-                    f"{res.test_loss:.4f}" if res.test_loss is not None else "-", time.perf_counter() - t0)
-        if stop_after is not None and trained >= stop_after:
-            break
-    return trained, skipped
+            logger.info("[%d/%d] %s seed %d (%d steps)", i + 1, len(plan), name, seed, tr["steps"])
+            t0 = time.perf_counter()
+            res = run_strategy(strategy, edge_model=edge, data=data, difficulty=table, config=ccfg, steps=tr["steps"],
+                               batch_size=tr["batch_size"], lr=float(tr["lr"]), eval_every=tr["eval_every"], seed=seed,
+                               generator_config=gen_cfg, log_path=log_path, sampler_overrides=overrides,
+                               run_info={**run_info, "strategy": name, "sampler_strategy": strategy,
+                                         "control": CONTROL_INFO.get(name)},
+                               on_trained=after if is_random else None, on_init=at_init if is_random else None,
+                               layer_mode=layer_mode, autocast_dtype=autocast)
+            trained += 1
+            logger.info("%s seed %d: final val %.4f, test %s, %.0f s", name, seed, res.final_val_loss,
+                        f"{res.test_loss:.4f}" if res.test_loss is not None else "-", time.perf_counter() - t0)
+            if stop_after is not None and trained >= stop_after:
+                break
+        finally:
+            _release_run(log_path, lock)
+    return trained, skipped, busy
 
 
 def _random_logs(cfg: Mapping[str, Any], out: Path) -> list[dict[str, Any]]:
@@ -1068,7 +1162,8 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
         stop_after (int | None): stop after training this many runs (tests of resuming). Default None.
 
     Returns:
-        dict: ``results`` (path), ``report`` (path or None), ``runs_trained``, ``runs_skipped``, ``wall_s``.
+        dict: ``results`` (path), ``report`` (path or None), ``runs_trained``, ``runs_skipped`` (found
+        finished), ``runs_busy`` (left to another process training them), ``wall_s``.
     """
     from torch_curriculum.data import data_fingerprint as samples_fingerprint
     from torch_curriculum.loragen import prepare_generator_data
@@ -1140,23 +1235,23 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
     run_info = {"preset": cfg["preset"], "data": data_desc, "data_fingerprint": fp,
                 "difficulty_file": str(Path(primary.path).relative_to(out)),
                 "difficulty_fingerprint": primary.metadata.get("run_key")}
-    trained = skipped = base = 0
+    trained = skipped = busy = base = 0
     for budget in budget_names(cfg):
         bcfg = budget_config(cfg, budget)
         left = None if stop_after is None else stop_after - trained
         if left is not None and left <= 0:
             break
-        t, k = train_all(bcfg, data, edge, primary, cheap, run_root(out, budget),
+        t, k, b = train_all(bcfg, data, edge, primary, cheap, run_root(out, budget),
                          {**run_info, "budget": budget}, noise_flags=noise_flags, shard=shard, stop_after=left,
                          index_base=base)
-        trained, skipped, base = trained + t, skipped + k, base + len(_run_plan(bcfg))
+        trained, skipped, busy, base = trained + t, skipped + k, busy + b, base + len(_run_plan(bcfg))
     training_s = time.perf_counter() - t0
     summary = {"results": None, "report": None}
     if any(_plan_status(budget_config(cfg, b), run_root(out, b))["complete"] for b in budget_names(cfg)):
         summary = collect_results(out, report=report, plots=plots, config_path=config_path,
                                   extra_provenance={"runs_trained_this_invocation": trained, "runs_resumed": skipped,
                                                     "training_s_this_invocation": round(training_s, 1)})
-    return {**summary, "runs_trained": trained, "runs_skipped": skipped,
+    return {**summary, "runs_trained": trained, "runs_skipped": skipped, "runs_busy": busy,
             "wall_s": round(time.perf_counter() - t_start, 1)}
 
 
@@ -1197,8 +1292,8 @@ def experiment_status(out: str | Path, *, shards: int = 1) -> dict[str, Any]:
 
     Reads only ``config.json`` and the run logs (no model, nothing written), so it is safe while
     ``--shard`` processes are training into the same directory. A ``partial`` run has a log without
-    its ``end`` record: either a process is training it (``idle_s`` small) or one was stopped, and
-    the next ``torch-curriculum experiment`` retrains it from the start.
+    its ``end`` record: either a process is training it (``holder``; ``idle_s`` small) or one was
+    stopped, and the next ``torch-curriculum experiment`` retrains it from the start.
 
     Args:
         out (str | Path): the ``--out`` directory of ``torch-curriculum experiment``.
@@ -1209,7 +1304,8 @@ def experiment_status(out: str | Path, *, shards: int = 1) -> dict[str, Any]:
         dict: ``dir``, ``preset``, ``shards``, ``planned``, ``finished`` and ``budgets``: per budget
         (``budget`` None without budgets) ``planned``, ``finished``, ``partial``, ``missing`` and
         ``runs`` in plan order, each ``{"index", "seed", "strategy", "state", "step", "steps",
-        "idle_s", "shard", "log"}`` (``index`` 1-based within the budget, as the progress log counts
+        "idle_s", "holder", "shard", "log"}`` (``holder``: the process whose lock is on an unfinished
+        run, ``{"pid", "host", "since", "alive"}`` with ``alive`` None for another host, else None; ``index`` 1-based within the budget, as the progress log counts
         ``[index/planned]``; ``shard`` splits the plan of all budgets together, as ``--shard`` does;
         ``step`` the last trained step, None before the first; ``idle_s`` seconds since the log
         was last written, None without a log).
@@ -1235,8 +1331,9 @@ def experiment_status(out: str | Path, *, shards: int = 1) -> dict[str, Any]:
         for i, (seed, name) in enumerate(_run_plan(cfg)):
             path = root / "runs" / name / f"seed{seed}.jsonl"
             state, step, idle = _log_progress(path)
+            holder = _lock_holder(path) if state != "finished" else None
             runs.append({"index": i + 1, "seed": seed, "strategy": name, "state": state, "step": step,
-                         "steps": cfg["training"]["steps"], "idle_s": idle,
+                         "steps": cfg["training"]["steps"], "idle_s": idle, "holder": holder,
                          "shard": f"{(base + i) % shards + 1}/{shards}", "log": path.relative_to(out).as_posix()})
         counts = Counter(r["state"] for r in runs)
         budgets.append({"budget": budget, "planned": len(runs), "finished": counts["finished"],
@@ -1295,8 +1392,6 @@ def collect_results(out: str | Path, *, report: bool = True, plots: bool = True,
 def _collect_one(out: Path, root: Path, cfg: Mapping[str, Any], prep: Mapping[str, Any], budget: str | None, *,
                  report: bool, plots: bool, config_path: str | None,
                  extra_provenance: Mapping[str, Any] | None) -> dict[str, Any]:
-    import os
-
     status = _plan_status(cfg, root)
     seeds = [s for s in cfg["seeds"] if (s, "random") in status["done"]]
     if not seeds:
