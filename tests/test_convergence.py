@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -399,6 +400,38 @@ def test_shards_split_the_runs_and_report_merges_them(tmp_path, capsys):
         assert lrs == {cfg["training"]["lr"] if budget == "short" else 5e-4}
         assert (out / budget / "report.md").is_file()
     assert convergence.parse_shard("2/3") == (1, 3) and convergence.parse_shard(None) == (0, 1)
+
+
+def test_the_shipped_smoke_preset_runs_as_shipped(tmp_path):
+    """`torch-curriculum experiment --config smoke` unchanged: its own data (chitchat), models and every
+    strategy and control (the other tests shrink it; a too-small max_length once failed only here)."""
+    out = tmp_path / "smoke"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch_curriculum", "experiment", "--config", "smoke", "--out",
+                          str(out), "--no-plots", "--quiet"], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    preset = convergence.load_preset(PRESETS_DIR / "smoke.yaml")
+    n_runs = len(preset["seeds"]) * (len(preset["strategies"]) + len(preset["controls"]))
+    assert summary["runs_trained"] == n_runs and summary["runs_busy"] == 0
+    doc = json.loads((out / "results.json").read_text())
+    _results.validate_results(doc, out)
+    assert set(doc["runs"]) == set(preset["strategies"]) | set(preset["controls"])
+    assert doc["provenance"]["runs_missing"] == [] and (out / "report.md").is_file()
+
+
+def test_a_too_long_sample_is_a_one_line_error_naming_it(tmp_path, capsys):
+    cfg = _preset(_write_dialogues(tmp_path / "d.jsonl"))
+    cfg["h1"]["signals"] = ["logit_lens_gap"]
+    cfg["curriculum"]["meta_token"]["max_length"] = 8      # no room for any response
+    import yaml
+
+    conf = tmp_path / "tight.yaml"
+    conf.write_text(yaml.safe_dump(json.loads(json.dumps(cfg))))
+    assert cli_main(["experiment", "--config", str(conf), "--out", str(tmp_path / "res"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "max_length=8" in err and "raise max_length" in err, err
+    assert re.search(r"sample d_\w+_\d+", err), err                # names the sample by its id
 
 
 @pytest.mark.skipif(os.name != "posix", reason="run locks use fcntl.flock")

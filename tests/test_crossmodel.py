@@ -26,6 +26,7 @@ from torch_curriculum.crossmodel import (
     token_texts,
     uld_distance,
 )
+from torch_curriculum.data import SampleError
 from torch_curriculum.extraction import find_decoder
 
 
@@ -354,8 +355,11 @@ def test_clear_errors(pair, samples):
         sig.compute(samples, ["kl"])
     with pytest.raises(ValueError, match="needs reference="):
         sig.compute(samples, ["knn_agreement"])
-    with pytest.raises(ValueError, match=r"sample 0: \d+ cloud tokens .* max_length=16"):
+    with pytest.raises(SampleError, match=r"sample 0: \d+ cloud tokens .* max_length=16"):
         sig.compute(samples, ["logit_lens_gap"])
+    tight = CrossModelSignals(cloud, ctok, edge, etok, max_length=4, truncation="left")
+    with pytest.raises(SampleError, match="the response alone is .* raise max_length"):
+        tight.compute(samples, ["logit_lens_gap"])
     with pytest.raises(ValueError, match="sample 1: the response is empty"):
         compute_signals((cloud, ctok), (edge, etok), [samples[0], ("hi", "  ")])
     with pytest.raises(ValueError, match="pooling must be one of mean, last"):

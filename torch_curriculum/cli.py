@@ -54,7 +54,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     for module, name in (("torch_curriculum.config", "ConfigError"),
                          ("torch_curriculum.data", "DialogueFormatError"),
                          ("torch_curriculum.labels", "LabelFileError"),
-                         ("torch_curriculum.dataset", "DifficultyFileError")):
+                         ("torch_curriculum.dataset", "DifficultyFileError"),
+                         ("torch_curriculum.data", "SampleError")):
         mod = sys.modules.get(module)
         if mod is not None and hasattr(mod, name):
             errors.append(getattr(mod, name))

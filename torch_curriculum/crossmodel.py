@@ -69,6 +69,7 @@ import torch
 from torch import nn
 
 from .alignment import resolve_layer_map
+from .data import SampleError
 from .extraction import find_decoder, prompt_parts
 
 __all__ = [
@@ -585,21 +586,23 @@ class CrossModelSignals:
             p_ids = list(tok(text + prefix, add_special_tokens=add_special)["input_ids"])
             r_ids = list(tok(scored, add_special_tokens=False)["input_ids"])
             if not p_ids:
-                raise ValueError(f"sample {i}: the prompt has no tokens under the {side} tokenizer; "
+                raise SampleError(f"sample {i}: the prompt has no tokens under the {side} tokenizer; "
                                  "a response token needs a predecessor")
             if not r_ids:
-                raise ValueError(f"sample {i}: the response has no tokens under the {side} tokenizer")
+                raise SampleError(f"sample {i}: the response has no tokens under the {side} tokenizer")
             dropped = 0
             total = len(p_ids) + len(r_ids)
             if total > self.max_length:
                 if self.truncation == "error":
-                    raise ValueError(f"sample {i}: {total} {side} tokens (prompt {len(p_ids)} + response "
-                                     f"{len(r_ids)}) > max_length={self.max_length}; raise max_length or use "
-                                     "truncation='left'")
+                    raise SampleError(f"sample {i}: {total} {side} tokens (prompt {len(p_ids)} + response "
+                                             f"{len(r_ids)}) > max_length={self.max_length}; raise max_length or "
+                                             "use truncation='left'")
                 room = self.max_length - len(r_ids)
                 if room < 2:
-                    raise ValueError(f"sample {i}: the response alone is {len(r_ids)} {side} tokens, which leaves "
-                                     f"no room for the prompt within max_length={self.max_length}")
+                    raise SampleError(
+                        f"sample {i}: the response alone is {len(r_ids)} {side} tokens, which leaves no room for "
+                        f"the prompt within max_length={self.max_length}; raise max_length (the response is "
+                        "never cut)")
                 dropped = len(p_ids) - room
                 p_ids = p_ids[:1] + p_ids[1 + dropped:]
             out.append(_Tokenized(p_ids + r_ids, len(p_ids), len(scored.encode("utf-8")), dropped))

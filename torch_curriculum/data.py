@@ -53,6 +53,7 @@ __all__ = [
     "DialogueFormatError",
     "DialogueSample",
     "Prompt",
+    "SampleError",
     "data_fingerprint",
     "format_prompt",
     "format_prompts",
@@ -81,6 +82,12 @@ _SPLIT_WORDS = {"train": "train", "valid": "valid", "validation": "valid", "val"
 # chitchat-dataset ships without splits; these are made from a hash of the conversation id so they
 # are stable across runs and versions (90% / 5% / 5%).
 CHITCHAT_SPLITS = ("all", "train", "valid", "test")
+
+
+class SampleError(ValueError):
+    """One sample cannot be used as given: too long for ``max_length``, empty under a tokenizer, or
+    without a prompt. The message names the sample (index and id where known) and what would fix it;
+    the command line reports it in one line."""
 
 
 class DialogueFormatError(ValueError):
@@ -633,7 +640,7 @@ def _render(sample_id: str, system_prompt: str, body: str, tokenizer: Any,
     # Templates that fold the system prompt into the first user turn: the system part ends with it.
     pos = text.find(system_prompt)
     if pos < 0:
-        raise ValueError(f"sample {sample_id}: the chat template's output does not contain the system prompt; "
+        raise SampleError(f"sample {sample_id}: the chat template's output does not contain the system prompt; "
                          "use use_chat_template=False")
     return text, text[:pos + len(system_prompt)]
 
@@ -709,7 +716,7 @@ def format_prompt(sample: DialogueSample, *, system_prompt: str = DEFAULT_SYSTEM
 
     text, system_text = build(keep)
     if not text[len(system_text):].strip():
-        raise ValueError(f"sample {sample.sample_id}: neither persona nor context; nothing to put in the prompt")
+        raise SampleError(f"sample {sample.sample_id}: neither persona nor context; nothing to put in the prompt")
     dropped_for_length = 0
     add_special = not use_chat_template
     if max_length is not None:
@@ -724,7 +731,7 @@ def format_prompt(sample: DialogueSample, *, system_prompt: str = DEFAULT_SYSTEM
                 return length_at[k] <= max_length
 
             if not fits(lo):
-                raise ValueError(f"sample {sample.sample_id}: the prompt is {length_at[lo]} tokens with only "
+                raise SampleError(f"sample {sample.sample_id}: the prompt is {length_at[lo]} tokens with only "
                                  f"{'the current utterance' if lo else 'the persona'}, over max_length={max_length}; "
                                  "raise max_length or shorten the system prompt / persona")
             # binary search for the most turns that fit (fewer turns never make the prompt longer)
@@ -819,7 +826,7 @@ def system_token_count(prompt: Prompt, tokenizer: Any) -> int:
     while n > 0 and full[:n] != head[:n] and head[n - 1] in special:
         n -= 1
     if full[:n] != head[:n] or n > len(full):
-        raise ValueError(f"sample {prompt.sample_id}: the system prompt does not end on a token boundary for "
+        raise SampleError(f"sample {prompt.sample_id}: the system prompt does not end on a token boundary for "
                          f"this tokenizer ({type(tokenizer).__name__})")
     return n
 

@@ -100,6 +100,7 @@ from ._io import atomic_write
 from ._version import __version__
 from .alignment import ALIGNMENTS, resolve_layer_map, ridge_folds, select_anchors
 from .config import CurriculumConfig
+from .data import SampleError
 from .dataset import (
     DifficultyFileError,
     MetaTokenDifficultyDataset,
@@ -1075,7 +1076,7 @@ def _extract_pair(chunk: Sequence[Any], rows: Sequence[int], cloud_ex: Any, edge
         try:
             out = xm.compute(_pairs(chunk, xm, mt), ["response", *(extra or {})])
         except ValueError as e:
-            raise ValueError(_globalise(str(e).replace("sample ", "prompt "), rows, ids)) from e
+            raise _same_kind(e)(_globalise(str(e).replace("sample ", "prompt "), rows, ids)) from e
         if progress is not None:
             progress(2 * len(chunk))
         for name in extra or {}:
@@ -1086,7 +1087,7 @@ def _extract_pair(chunk: Sequence[Any], rows: Sequence[int], cloud_ex: Any, edge
         try:
             v = ex.extract(_prompts_for(chunk, ex, mt, dialogue, use_chat_template), progress=progress)
         except ValueError as e:
-            raise ValueError(f"{side} model: {_globalise(str(e), rows, ids)}") from e
+            raise _same_kind(e)(f"{side} model: {_globalise(str(e), rows, ids)}") from e
         bad = (~torch.isfinite(v)).flatten(1).any(dim=1)
         if bool(bad.any()):
             local = bad.nonzero()[:, 0].tolist()
@@ -1170,7 +1171,7 @@ def _shard_signals(samples: Sequence[Any], lo: int, hi: int, calib: Calibration 
             try:
                 out = xm.compute(_pairs([samples[g] for g in rows], xm, mt), scalars)
             except ValueError as e:
-                raise ValueError(_globalise(str(e).replace("sample ", "prompt "), rows, ids)) from e
+                raise _same_kind(e)(_globalise(str(e).replace("sample ", "prompt "), rows, ids)) from e
         for x in scalars:
             if fused is None:
                 arr = out[x]
@@ -1187,6 +1188,12 @@ def _shard_signals(samples: Sequence[Any], lo: int, hi: int, calib: Calibration 
                 raise ValueError(f"{x} is NaN/Inf for sample(s) {[ids[lo + r] for r in bad[:10]]}")
             signals[x] = v
     return signals
+
+
+def _same_kind(e: ValueError) -> type[ValueError]:
+    """The class to re-raise ``e`` as with a better message: a :class:`SampleError` stays one (the
+    command line reports it in one line), anything else is a plain ``ValueError``."""
+    return SampleError if isinstance(e, SampleError) else ValueError
 
 
 def _globalise(msg: str, rows: Sequence[int], ids: Sequence[str]) -> str:
