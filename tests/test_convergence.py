@@ -402,6 +402,51 @@ def test_shards_split_the_runs_and_report_merges_them(tmp_path, capsys):
     assert convergence.parse_shard("2/3") == (1, 3) and convergence.parse_shard(None) == (0, 1)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="the preparation lock uses fcntl.flock")
+def test_shards_started_together_prepare_once(tmp_path):
+    """--shard 1/2 and 2/2 started at once on a fresh --out: one prepares, the other waits and reuses."""
+    import fcntl
+
+    import yaml
+
+    cfg = _preset(_write_dialogues(tmp_path / "d.jsonl"))
+    cfg.update(strategies=["random", "easy_to_hard"], controls=["oracle"])
+    cfg["h1"].update(grad_samples=0, metrics=["l2"], poolings=["mean"])
+    conf = tmp_path / "two.yaml"
+    conf.write_text(yaml.safe_dump(json.loads(json.dumps(cfg))))
+    out = tmp_path / "res"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # this test holds the preparation lock until both shard processes wait for it: a deterministic race
+    held = os.open(out / ".prepare.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    procs, errs = [], []
+    try:
+        for i in (1, 2):
+            errs.append(open(tmp_path / f"err{i}.txt", "w+"))  # noqa: SIM115 - closed below
+            procs.append(subprocess.Popen([sys.executable, "-m", "torch_curriculum", "experiment", "--config",
+                                           str(conf), "--out", str(out), "--shard", f"{i}/2", "--no-report"],
+                                          env=env, stdout=subprocess.PIPE, stderr=errs[-1], text=True))
+        deadline = time.time() + 300
+        while time.time() < deadline and not all(
+                "waiting: another process holds the preparation" in (tmp_path / f"err{i}.txt").read_text()
+                for i in (1, 2)):
+            assert all(p.poll() is None for p in procs), [(tmp_path / f"err{i}.txt").read_text()[-2000:]
+                                                          for i in (1, 2)]
+            time.sleep(0.1)
+    finally:
+        os.close(held)
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, e in zip(procs, errs):
+        e.seek(0)
+        assert p.returncode == 0, e.read()[-3000:]
+        e.close()
+    summaries = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    assert sum(x["runs_trained"] for x in summaries) == 6 and all(x["runs_busy"] == 0 for x in summaries)
+    assert convergence.experiment_status(out)["finished"] == 6
+    assert list((out / "difficulty").glob("work_*")) == []
+
+
 def test_the_shipped_smoke_preset_runs_as_shipped(tmp_path):
     """`torch-curriculum experiment --config smoke` unchanged: its own data (chitchat), models and every
     strategy and control (the other tests shrink it; a too-small max_length once failed only here)."""

@@ -36,6 +36,7 @@ schedule with random order / its order with every layer trainable).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -46,7 +47,7 @@ import random
 import socket
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -778,6 +779,28 @@ def _grad_subset(cfg: Mapping[str, Any], n: int) -> list[int]:
     return sorted(random.Random(cfg["data"]["split_seed"] + 101).sample(range(n), g)) if g else []
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` for the block, waiting for another holder (no-op
+    without ``fcntl``). The file stays: unlinking it would let a waiter lock a stale inode."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting: another process holds the %s (%s)", what, path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _lock_path(log_path: Path) -> Path:
     return log_path.with_name(log_path.name + ".lock")
 
@@ -1184,7 +1207,8 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
     if cfg["data"]["noise_fraction"] > 0:
         train, noise_flags = inject_noise(train, float(cfg["data"]["noise_fraction"]), cfg["data"]["noise_seed"])
         (out / "arrays").mkdir(exist_ok=True)
-        np.save(out / "arrays" / "noise_flags.npy", noise_flags)
+        with atomic_write(out / "arrays" / "noise_flags.npy") as f:  # shards started together write it too
+            np.save(f, noise_flags)
         data_desc += (f"; {int(noise_flags.sum())} of {len(train)} training responses replaced by a response "
                       f"from another conversation (noise seed {cfg['data']['noise_seed']})")
     fp = samples_fingerprint(list(train) + list(val) + list(test))
@@ -1194,42 +1218,45 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
     models = load_models(cfg["models"], texts + layout)
     timings["load_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    files = precompute_difficulty(cfg, train, models, out)
-    timings["precompute_s"] = time.perf_counter() - t0
-    mt = _curriculum_config(cfg).meta_token
-    primary = files[(mt.pooling, mt.distance_metric)]
-
-    t0 = time.perf_counter()
-    signal_key = hashlib.sha256(json.dumps({"samples": fp, "models": models["info"], "max_length": cfg["data"]["max_length"],
-                                            "max_context_turns": mt.max_context_turns}, sort_keys=True,
-                                           default=str).encode()).hexdigest()
-    cheap = compute_signals(cfg, train, models, out, signal_key)
-    timings["signals_s"] = time.perf_counter() - t0
-    if cfg["h1"]["heldout"]:  # H1 (a): the same signals on the held-out validation samples
+    # --shard processes started together on a fresh --out: one prepares, the others wait and reuse it
+    # (two at once deleted each other's precompute work files)
+    with _exclusive(out / ".prepare.lock", f"preparation of {out}"):
         t0 = time.perf_counter()
-        (out / "heldout").mkdir(exist_ok=True)
-        precompute_difficulty(cfg, val, models, out / "heldout", heldout=True)
-        compute_signals(cfg, val, models, out / "heldout", signal_key + "-val")
-        timings["heldout_signals_s"] = time.perf_counter() - t0
+        files = precompute_difficulty(cfg, train, models, out)
+        timings["precompute_s"] = time.perf_counter() - t0
+        mt = _curriculum_config(cfg).meta_token
+        primary = files[(mt.pooling, mt.distance_metric)]
 
-    t0 = time.perf_counter()
-    edge, edge_tok = models["edge"]
-    cloud, cloud_tok = models["cloud"]
-    data = prepare_generator_data(train, val, test, edge_tokenizer=edge_tok, cloud_model=cloud,
-                                  cloud_tokenizer=cloud_tok, max_length=cfg["data"]["max_length"],
-                                  max_context_turns=mt.max_context_turns,
-                                  cloud_cache_path=out / "cloud_states.safetensors", progress=False)
-    timings["cloud_states_s"] = time.perf_counter() - t0
-    del cloud  # its states are cached; training needs only the edge model
+        t0 = time.perf_counter()
+        signal_key = hashlib.sha256(json.dumps({"samples": fp, "models": models["info"], "max_length": cfg["data"]["max_length"],
+                                                "max_context_turns": mt.max_context_turns}, sort_keys=True,
+                                               default=str).encode()).hexdigest()
+        cheap = compute_signals(cfg, train, models, out, signal_key)
+        timings["signals_s"] = time.perf_counter() - t0
+        if cfg["h1"]["heldout"]:  # H1 (a): the same signals on the held-out validation samples
+            t0 = time.perf_counter()
+            (out / "heldout").mkdir(exist_ok=True)
+            precompute_difficulty(cfg, val, models, out / "heldout", heldout=True)
+            compute_signals(cfg, val, models, out / "heldout", signal_key + "-val")
+            timings["heldout_signals_s"] = time.perf_counter() - t0
 
-    prepared = {"data": data_desc, "samples_fingerprint": fp, "data_file": str(data_file) if data_file else None,
-                "splits": {"train": len(train), "val": len(val), "test": len(test)}, "models": models["info"],
-                "timings_s": {k: round(v, 1) for k, v in timings.items()}, "started": started,
-                "difficulty_fingerprint": primary.metadata.get("run_key"),
-                "autocast": str(resolve_autocast(cfg["training"]["autocast"], next(edge.parameters()).device))}
-    _keep_first_preparation(out / "prepared.json", prepared)
-    atomic_write_text(out / "prepared.json", json.dumps(prepared, indent=1))
+        t0 = time.perf_counter()
+        edge, edge_tok = models["edge"]
+        cloud, cloud_tok = models["cloud"]
+        data = prepare_generator_data(train, val, test, edge_tokenizer=edge_tok, cloud_model=cloud,
+                                      cloud_tokenizer=cloud_tok, max_length=cfg["data"]["max_length"],
+                                      max_context_turns=mt.max_context_turns,
+                                      cloud_cache_path=out / "cloud_states.safetensors", progress=False)
+        timings["cloud_states_s"] = time.perf_counter() - t0
+        del cloud  # its states are cached; training needs only the edge model
+
+        prepared = {"data": data_desc, "samples_fingerprint": fp, "data_file": str(data_file) if data_file else None,
+                    "splits": {"train": len(train), "val": len(val), "test": len(test)}, "models": models["info"],
+                    "timings_s": {k: round(v, 1) for k, v in timings.items()}, "started": started,
+                    "difficulty_fingerprint": primary.metadata.get("run_key"),
+                    "autocast": str(resolve_autocast(cfg["training"]["autocast"], next(edge.parameters()).device))}
+        _keep_first_preparation(out / "prepared.json", prepared)
+        atomic_write_text(out / "prepared.json", json.dumps(prepared, indent=1))
 
     t0 = time.perf_counter()
     run_info = {"preset": cfg["preset"], "data": data_desc, "data_fingerprint": fp,
