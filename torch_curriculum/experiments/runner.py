@@ -529,7 +529,8 @@ def precompute_difficulty(cfg: Mapping[str, Any], train: Sequence[Any], models: 
         logger.info("difficulty: pooling=%s metrics=%s -> %s", pooling, ", ".join(metrics + list(extra)), ddir)
         MetaTokenDifficultyDataset.precompute(
             train, models["cloud"], models["edge"], paths[metrics[0]], ccfg, work_dir=ddir / f"work_{pooling}",
-            model_info=models["info"], outputs={**{m: paths[m] for m in metrics[1:]}, **extra})
+            model_info=models["info"], outputs={**{m: paths[m] for m in metrics[1:]}, **extra},
+            progress=logger.isEnabledFor(logging.INFO))  # bars only where the progress log shows (not --quiet)
         for m in metrics:
             files[(pooling, m)] = MetaTokenDifficultyDataset(paths[m])
         for x, p in extra.items():
@@ -1331,8 +1332,9 @@ def experiment_status(out: str | Path, *, shards: int = 1) -> dict[str, Any]:
         dict: ``dir``, ``preset``, ``shards``, ``planned``, ``finished`` and ``budgets``: per budget
         (``budget`` None without budgets) ``planned``, ``finished``, ``partial``, ``missing`` and
         ``runs`` in plan order, each ``{"index", "seed", "strategy", "state", "step", "steps",
-        "idle_s", "holder", "shard", "log"}`` (``holder``: the process whose lock is on an unfinished
-        run, ``{"pid", "host", "since", "alive"}`` with ``alive`` None for another host, else None; ``index`` 1-based within the budget, as the progress log counts
+        "idle_s", "holder", "shard", "log"}`` (``holder``: the process whose lock is on an
+        unfinished run, ``{"pid", "host", "since", "alive"}`` with ``alive`` None for another host,
+        else None; ``index`` 1-based within the budget, as the progress log counts
         ``[index/planned]``; ``shard`` splits the plan of all budgets together, as ``--shard`` does;
         ``step`` the last trained step, None before the first; ``idle_s`` seconds since the log
         was last written, None without a log).
