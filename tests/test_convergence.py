@@ -492,17 +492,19 @@ def test_a_run_another_process_is_training_is_left_to_it(tmp_path, capsys):
     # "another process" holds easy_to_hard's lock (its own open file: flock excludes it as it would
     # a second process) and has started writing the log
     log.parent.mkdir(parents=True)
-    log.write_text('{"type": "run"}\n')
+    partial = '{"type": "run"}\n{"type": "train", "step": 1, "wall_time": 2.5}\n'
+    log.write_text(partial)
     holder = os.open(log.with_name("seed0.jsonl.lock"), os.O_RDWR | os.O_CREAT)
     fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.write(holder, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}).encode())
     try:
         first = convergence.run_preset(cfg, out, report=False)
         assert (first["runs_trained"], first["runs_skipped"], first["runs_busy"]) == (1, 0, 1)
-        assert log.read_text() == '{"type": "run"}\n'            # its log untouched
+        assert log.read_text() == partial                          # its log untouched
         st = convergence.experiment_status(out)
         busy = next(r for r in st["budgets"][0]["runs"] if r["strategy"] == "easy_to_hard")
         assert busy["state"] == "partial" and busy["holder"]["pid"] == os.getpid() and busy["holder"]["alive"]
+        assert busy["step"] == 1 and busy["eta_s"] == pytest.approx(2.5 * (busy["steps"] - 1))  # at its pace
         assert cli_main(["report", str(out), "--status"]) == 0
         assert f"training in pid {os.getpid()}" in capsys.readouterr().out
     finally:

@@ -54,6 +54,8 @@ def _print_status(st: dict) -> dict:
                 continue
             where = (f"partial: step {r['step'] if r['step'] is not None else 0}/{r['steps']}, log written "
                      f"{r['idle_s']:.0f} s ago" if r["state"] == "partial" else "not started")
+            if r.get("eta_s") is not None and r["state"] == "partial":
+                where += f", ~{r['eta_s'] / 60:.0f} min left at its pace"
             h = r.get("holder")
             if h and h.get("alive") is not False:
                 where += f", training in pid {h.get('pid')} on {h.get('host')} since {h.get('since')}"

@@ -1295,10 +1295,10 @@ def _plan_status(cfg: Mapping[str, Any], out: Path) -> dict[str, Any]:
     return {"complete": len(done), "missing": missing, "done": done}
 
 
-def _log_progress(path: Path) -> tuple[str, int | None, float | None]:
-    """(state, last trained step, seconds since the log was written) of one run's log."""
+def _log_progress(path: Path) -> tuple[str, int | None, float | None, float | None]:
+    """(state, last trained step, its wall time in s, seconds since the log was written) of one run's log."""
     if not path.is_file():
-        return "missing", None, None
+        return "missing", None, None, None
     last_train, finished = None, False
     with open(path, encoding="utf-8") as fh:
         for line in fh:
@@ -1306,13 +1306,14 @@ def _log_progress(path: Path) -> tuple[str, int | None, float | None]:
                 finished = True
             elif '"type": "train"' in line:
                 last_train = line
-    step = None
+    step = wall = None
     if last_train is not None:
         try:
-            step = int(json.loads(last_train)["step"])
+            rec = json.loads(last_train)
+            step, wall = int(rec["step"]), rec.get("wall_time")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            step = None  # a torn last line of a run killed mid-write
-    return ("finished" if finished else "partial"), step, round(time.time() - path.stat().st_mtime, 1)
+            step = wall = None  # a torn last line of a run killed mid-write
+    return ("finished" if finished else "partial"), step, wall, round(time.time() - path.stat().st_mtime, 1)
 
 
 def experiment_status(out: str | Path, *, shards: int = 1) -> dict[str, Any]:
@@ -1332,7 +1333,8 @@ def experiment_status(out: str | Path, *, shards: int = 1) -> dict[str, Any]:
         dict: ``dir``, ``preset``, ``shards``, ``planned``, ``finished`` and ``budgets``: per budget
         (``budget`` None without budgets) ``planned``, ``finished``, ``partial``, ``missing`` and
         ``runs`` in plan order, each ``{"index", "seed", "strategy", "state", "step", "steps",
-        "idle_s", "holder", "shard", "log"}`` (``holder``: the process whose lock is on an
+        "idle_s", "eta_s", "holder", "shard", "log"}`` (``eta_s``: a partial run's remaining time at its
+        pace so far; ``holder``: the process whose lock is on an
         unfinished run, ``{"pid", "host", "since", "alive"}`` with ``alive`` None for another host,
         else None; ``index`` 1-based within the budget, as the progress log counts
         ``[index/planned]``; ``shard`` splits the plan of all budgets together, as ``--shard`` does;
@@ -1359,10 +1361,14 @@ def experiment_status(out: str | Path, *, shards: int = 1) -> dict[str, Any]:
         runs = []
         for i, (seed, name) in enumerate(_run_plan(cfg)):
             path = root / "runs" / name / f"seed{seed}.jsonl"
-            state, step, idle = _log_progress(path)
+            state, step, wall, idle = _log_progress(path)
             holder = _lock_holder(path) if state != "finished" else None
+            steps = cfg["training"]["steps"]
+            # at this run's own pace so far (evaluations included); None before its first step
+            eta = (round(wall / step * (steps - step), 1) if state == "partial" and step and wall is not None
+                   else None)
             runs.append({"index": i + 1, "seed": seed, "strategy": name, "state": state, "step": step,
-                         "steps": cfg["training"]["steps"], "idle_s": idle, "holder": holder,
+                         "steps": steps, "idle_s": idle, "eta_s": eta, "holder": holder,
                          "shard": f"{(base + i) % shards + 1}/{shards}", "log": path.relative_to(out).as_posix()})
         counts = Counter(r["state"] for r in runs)
         budgets.append({"budget": budget, "planned": len(runs), "finished": counts["finished"],
