@@ -248,7 +248,11 @@ def main() -> None:
         for i in range(args.updates):
             t0 = pc()
             for _ in range(args.batch):
-                next(it)
+                try:
+                    next(it)
+                except StopIteration:  # a small --n: the epoch ends; go on as a training loop would
+                    it = iter(s)
+                    next(it)
             t1 = pc()
             s.update(1.0 if i % 3 else 3.0)  # mostly improving, sometimes not: the pool moves every time
             t2 = pc()

@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent))
 
 from torch_curriculum.crossmodel import SIGNALS, CrossModelSignals  # noqa: E402
@@ -56,12 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    import convergence
-
     from torch_curriculum.bundled import load_bundled
+    from torch_curriculum.experiments.runner import load_splits, resolve_preset
 
-    cfg = convergence.load_preset(ROOT / "configs" / "cpu.yaml")
-    train = convergence.load_splits(cfg["data"])[0][:args.n]
+    cfg, _ = resolve_preset("cpu")
+    train = load_splits(cfg["data"])[0][:args.n]
     prompts = format_prompts(train, max_context_turns=cfg["curriculum"]["meta_token"]["max_context_turns"])
     pairs = [(p, s.response) for p, s in zip(prompts, train)]
     ids = [s.sample_id for s in train]

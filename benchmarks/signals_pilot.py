@@ -1,11 +1,12 @@
 """Pilot (issue 11): do the response-conditioned cross-model signals carry information?
 
 On the bundled pair (cloud Qwen2.5-Coder-0.5B-Instruct, edge SmolLM2-135M-Instruct) and the 160
-chitchat training samples of the ``cpu`` preset (``benchmarks/configs/cpu.yaml``, selected exactly as
-``benchmarks/convergence.py`` does), every signal of :mod:`torch_curriculum.crossmodel` is computed in
+chitchat training samples of the first ``cpu`` preset (its configuration as recorded in
+``benchmarks/results/cpu_v1/results.json``, splits drawn by ``torch-curriculum experiment``'s
+``load_splits``), every signal of :mod:`torch_curriculum.crossmodel` is computed in
 one pass per model per batch, and its Spearman rho with a 95% percentile-bootstrap CI
 (:func:`torch_curriculum.metrics.rank_correlation`) is taken against two targets from the committed
-cpu experiment (``benchmarks/results/cpu/arrays/h1_samples.npz``, same sample order):
+cpu experiment (``benchmarks/results/cpu_v1/arrays/h1_samples.npz``, same sample order):
 
 * (a) ``edge_loss_before``: the bare edge model's per-sample response loss (nats/token, the
   generator's prompt layout, 64-token examples);
@@ -35,8 +36,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent))
+#: the committed experiment the targets come from (the ``cpu`` preset before its redesign)
+EXPERIMENT = ROOT / "results" / "cpu_v1"
 
 from torch_curriculum import crossmodel  # noqa: E402
 from torch_curriculum.alignment import align_layer, default_layer_map, select_anchors  # noqa: E402
@@ -89,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--reuse", action="store_true", help="reuse raw_signals.npz of an earlier run (analysis only)")
     args = ap.parse_args(argv)
-    import convergence
-
     from torch_curriculum.bundled import load_bundled
+    from torch_curriculum.experiments.runner import load_splits
 
-    cfg = convergence.load_preset(ROOT / "configs" / "cpu.yaml")
-    train, _, _, desc, _ = convergence.load_splits(cfg["data"])
-    h1 = np.load(ROOT / "results" / "cpu" / "arrays" / "h1_samples.npz")
+    # the experiment whose targets this pilot reads: the first cpu preset (160 samples), as it ran
+    cfg = json.loads((EXPERIMENT / "results.json").read_text(encoding="utf-8"))["provenance"]["config"]
+    train, _, _, desc, _ = load_splits(cfg["data"])
+    h1 = np.load(EXPERIMENT / "arrays" / "h1_samples.npz")
     targets = {"edge_loss_before": h1["edge_loss_before"],
                "loss_drop": h1["edge_loss_before"] - h1["loss_after_training"]}
     h1_lengths = h1["response_length"]
@@ -203,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     results["sanity"]["shared_vocabulary_size"] = meta["shared_vocabulary_size"]
     results["provenance"] = {
         "models": {"cloud": "bundled Qwen2.5-Coder-0.5B-Instruct (float32)", "edge": "bundled SmolLM2-135M-Instruct"},
-        "data": f"{desc}; cpu preset train split, {n} samples (benchmarks/configs/cpu.yaml)",
+        "data": f"{desc}; first cpu preset train split, {n} samples (config from benchmarks/results/cpu_v1)",
         "prompt": f"format_prompts(max_context_turns={mt['max_context_turns']}) + '\\nYou:' + ' ' + response",
-        "targets": "benchmarks/results/cpu/arrays/h1_samples.npz (edge_loss_before, loss_after_training)",
+        "targets": "benchmarks/results/cpu_v1/arrays/h1_samples.npz (edge_loss_before, loss_after_training)",
         "settings": meta["settings"], "n_boot": N_BOOT, "aggregate": "top3_mean of rank-normalised layers",
         "seconds": {"load": round(t_load, 1), "signals": round(t_signals, 1),
                     **{k: round(v, 1) for k, v in timings.items()}},
