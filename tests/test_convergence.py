@@ -381,9 +381,19 @@ def test_shards_split_the_runs_and_report_merges_them(tmp_path, capsys):
     assert [r["state"] for r in runs] == ["finished" if r["shard"] == "1/2" else "missing" for r in runs]
     assert st["finished"] == a["runs_trained"] == 6 and [r["index"] for r in runs] == [1, 2, 3, 4, 5, 6] * 2
     assert all(r["step"] == r["steps"] for r in runs if r["state"] == "finished")
+    # time left: shard 1/2 is done; each of shard 2/2's runs is estimated from its budget's finished runs
+    assert st["left_s"]["1/2"] == 0 and st["left_unknown_runs"] == 0
+    for bud in st["budgets"]:
+        done = [r for r in bud["runs"] if r["state"] == "finished"]
+        for r in (r for r in bud["runs"] if r["state"] == "missing"):
+            same = [d["duration_s"] for d in done if d["strategy"] == r["strategy"]] or [d["duration_s"] for d in done]
+            assert r["left_s"] == pytest.approx(np.mean(same), abs=0.1)
+    assert st["left_s"]["2/2"] == pytest.approx(sum(r["left_s"] for r in runs if r["shard"] == "2/2"), abs=0.5)
     assert cli_main(["report", str(out), "--status", "--shards", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert json.loads(lines[-1]) == {"planned": 12, "finished": 6, "partial": 0, "missing": 6}
+    assert {k: v for k, v in json.loads(lines[-1]).items() if k != "left_s"} == {
+        "planned": 12, "finished": 6, "partial": 0, "missing": 6}
+    assert "training left, estimated from the finished runs: --shard 1/2 0.0 h" in lines[1]
     assert lines[0].endswith("6 of 12 runs finished") and sum("(--shard 2/2)" in ln for ln in lines) == 6
     with pytest.raises(convergence.PresetError, match="shards must be a positive int"):
         convergence.experiment_status(out, shards=0)

@@ -41,8 +41,13 @@ def _print_status(st: dict) -> dict:
     """Human-readable progress on stdout; returns the JSON summary."""
     import sys
 
-    totals = {"planned": st["planned"], "finished": st["finished"], "partial": 0, "missing": 0}
+    totals = {"planned": st["planned"], "finished": st["finished"], "partial": 0, "missing": 0,
+              "left_s": st["left_s"]}
     sys.stdout.write(f"{st['dir']} (preset {st['preset']}): {st['finished']} of {st['planned']} runs finished\n")
+    if st["finished"] < st["planned"]:
+        per = ", ".join(f"--shard {k} {v / 3600:.1f} h" for k, v in st["left_s"].items())
+        unknown = f"; {st['left_unknown_runs']} run(s) without an estimate yet" if st["left_unknown_runs"] else ""
+        sys.stdout.write(f"  training left, estimated from the finished runs: {per}{unknown}\n")
     for b in st["budgets"]:
         totals["partial"] += b["partial"]
         totals["missing"] += b["missing"]

@@ -1299,20 +1299,24 @@ def _log_progress(path: Path) -> tuple[str, int | None, float | None, float | No
     """(state, last trained step, its wall time in s, seconds since the log was written) of one run's log."""
     if not path.is_file():
         return "missing", None, None, None
-    last_train, finished = None, False
+    last_train, end = None, None
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             if '"type": "end"' in line:
-                finished = True
+                end = line
             elif '"type": "train"' in line:
                 last_train = line
+    finished = end is not None
     step = wall = None
-    if last_train is not None:
-        try:
+    try:
+        if end is not None:  # a finished run: its whole training time
+            rec = json.loads(end)
+            step, wall = int(rec["steps"]), rec.get("wall_time")
+        elif last_train is not None:
             rec = json.loads(last_train)
             step, wall = int(rec["step"]), rec.get("wall_time")
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            step = wall = None  # a torn last line of a run killed mid-write
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        step = wall = None  # a torn last line of a run killed mid-write
     return ("finished" if finished else "partial"), step, wall, round(time.time() - path.stat().st_mtime, 1)
 
 
@@ -1330,11 +1334,15 @@ def experiment_status(out: str | Path, *, shards: int = 1) -> dict[str, Any]:
             Default 1.
 
     Returns:
-        dict: ``dir``, ``preset``, ``shards``, ``planned``, ``finished`` and ``budgets``: per budget
+        dict: ``dir``, ``preset``, ``shards``, ``planned``, ``finished``, ``left_s`` (per ``--shard
+        i/n``: the training time its unfinished runs still need, each estimated from its own pace
+        if under way, else from the finished runs of its strategy in its budget), ``left_unknown_runs``
+        (runs with no estimate yet) and ``budgets``: per budget
         (``budget`` None without budgets) ``planned``, ``finished``, ``partial``, ``missing`` and
         ``runs`` in plan order, each ``{"index", "seed", "strategy", "state", "step", "steps",
-        "idle_s", "eta_s", "holder", "shard", "log"}`` (``eta_s``: a partial run's remaining time at its
-        pace so far; ``holder``: the process whose lock is on an
+        "idle_s", "eta_s", "holder", "duration_s", "left_s", "shard", "log"}`` (``eta_s``: a partial
+        run's remaining time at its pace so far; ``duration_s``: a finished run's training time;
+        ``left_s``: the time a run still needs, see below; ``holder``: the process whose lock is on an
         unfinished run, ``{"pid", "host", "since", "alive"}`` with ``alive`` None for another host,
         else None; ``index`` 1-based within the budget, as the progress log counts
         ``[index/planned]``; ``shard`` splits the plan of all budgets together, as ``--shard`` does;
@@ -1369,13 +1377,47 @@ def experiment_status(out: str | Path, *, shards: int = 1) -> dict[str, Any]:
                    else None)
             runs.append({"index": i + 1, "seed": seed, "strategy": name, "state": state, "step": step,
                          "steps": steps, "idle_s": idle, "eta_s": eta, "holder": holder,
+                         "duration_s": round(wall, 1) if state == "finished" and wall is not None else None,
                          "shard": f"{(base + i) % shards + 1}/{shards}", "log": path.relative_to(out).as_posix()})
+        _estimate_left(runs)
         counts = Counter(r["state"] for r in runs)
         budgets.append({"budget": budget, "planned": len(runs), "finished": counts["finished"],
                         "partial": counts["partial"], "missing": counts["missing"], "runs": runs})
         base += len(runs)
+    left: dict[str, float] = {f"{k + 1}/{shards}": 0.0 for k in range(shards)}
+    unknown = 0
+    for r in (r for b in budgets for r in b["runs"] if r["state"] != "finished"):
+        if r["left_s"] is None:
+            unknown += 1
+        else:
+            left[r["shard"]] += r["left_s"]
     return {"dir": str(out), "preset": full["preset"], "shards": shards, "planned": base,
-            "finished": sum(b["finished"] for b in budgets), "budgets": budgets}
+            "finished": sum(b["finished"] for b in budgets), "budgets": budgets,
+            "left_s": {k: round(v, 1) for k, v in left.items()}, "left_unknown_runs": unknown}
+
+
+def _estimate_left(runs: list[dict[str, Any]]) -> None:
+    """Set each run's ``left_s``: the training time it still needs, estimated from finished runs.
+
+    A run under way: its own pace (``eta_s``); one whose process is gone or that has not started:
+    the mean duration of the finished runs of its strategy in this budget, else of all finished
+    runs in this budget (None when none has finished). Finished runs: 0.
+    """
+    done: dict[str, list[float]] = {}
+    for r in runs:
+        if r["duration_s"] is not None:
+            done.setdefault(r["strategy"], []).append(r["duration_s"])
+    every = [d for ds in done.values() for d in ds]
+    for r in runs:
+        if r["state"] == "finished":
+            r["left_s"] = 0.0
+            continue
+        gone = r["holder"] is not None and r["holder"].get("alive") is False
+        if r["state"] == "partial" and r["eta_s"] is not None and not gone:
+            r["left_s"] = r["eta_s"]
+            continue
+        same = done.get(r["strategy"]) or every
+        r["left_s"] = round(float(np.mean(same)), 1) if same else None
 
 
 def collect_results(out: str | Path, *, report: bool = True, plots: bool = True, config_path: str | None = None,
