@@ -240,6 +240,9 @@ def test_runner_end_to_end_then_resume(tmp_path):
     # finished runs of other settings are neither reused nor silently overwritten
     other = copy.deepcopy(cfg)
     other["training"]["lr"] = 0.01
+    with pytest.raises(convergence.PresetError, match=r"other settings \(training\.lr differ"):
+        convergence.run_preset(other, out, report=False)
+    (out / "config.json").unlink()   # without it, each finished run's own record still refuses
     with pytest.raises(convergence.PresetError, match="finished run with another 'lr'"):
         convergence.run_preset(other, out, report=False)
 
@@ -410,6 +413,28 @@ def test_shards_split_the_runs_and_report_merges_them(tmp_path, capsys):
         assert lrs == {cfg["training"]["lr"] if budget == "short" else 5e-4}
         assert (out / budget / "report.md").is_file()
     assert convergence.parse_shard("2/3") == (1, 3) and convergence.parse_shard(None) == (0, 1)
+
+
+def test_a_results_directory_keeps_its_settings(tmp_path):
+    """config.json describes the finished runs to the report: another lr must not overwrite it, while
+    more seeds (or fewer strategies) extend the same experiment."""
+    cfg = _preset(_write_dialogues(tmp_path / "d.jsonl"))
+    cfg.update(seeds=[0], strategies=["random"], controls=[])
+    cfg["h1"].update(grad_samples=0, heldout=False, metrics=["l2"], poolings=["mean"])
+    out = tmp_path / "res"
+    assert convergence.run_preset(cfg, out, report=False)["runs_trained"] == 1
+    before = (out / "config.json").read_bytes()
+    other = copy.deepcopy(cfg)
+    other["training"]["lr"] = cfg["training"]["lr"] * 2
+    other["h1"]["n_boot"] = 7
+    with pytest.raises(convergence.PresetError, match=r"other settings \(training\.lr, h1\.n_boot differ"):
+        convergence.run_preset(other, out, report=False)
+    assert (out / "config.json").read_bytes() == before        # untouched
+    more = copy.deepcopy(cfg)
+    more.update(seeds=[0, 1], threads=2)
+    res = convergence.run_preset(more, out, report=False)
+    assert (res["runs_trained"], res["runs_skipped"]) == (1, 1)
+    assert json.loads((out / "config.json").read_text())["seeds"] == [0, 1]
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the preparation lock uses fcntl.flock")

@@ -1166,6 +1166,51 @@ def _keep_first_preparation(path: Path, prepared: dict[str, Any]) -> None:
             prepared.setdefault(key, value)
 
 
+#: keys a later invocation may change in an existing results directory: they add or leave out
+#: runs, or do not touch what a run computes
+_EXTENDABLE_KEYS = ("seeds", "strategies", "controls", "threads", "description")
+
+
+def _config_differences(old: Any, new: Any, where: str = "") -> list[str]:
+    """Dotted paths at which two JSON-like configurations differ (a missing key counts)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        diffs = []
+        for key in list(old) + [k for k in new if k not in old]:
+            path = f"{where}.{key}" if where else str(key)
+            if key not in old or key not in new:
+                diffs.append(path)
+            else:
+                diffs += _config_differences(old[key], new[key], path)
+        return diffs
+    return [] if old == new else [where]
+
+
+def _check_same_experiment(path: Path, cfg: Mapping[str, Any]) -> None:
+    """Refuse to rewrite ``config.json`` of a results directory made with other settings.
+
+    The report reads ``config.json``; overwriting it with settings the finished runs were not made
+    with would make the report describe them wrongly. Seeds, strategies, controls, threads and the
+    description may change (that extends or narrows the plan); anything else is an error naming the
+    keys.
+
+    Raises:
+        PresetError: ``path`` holds a configuration that differs elsewhere.
+    """
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PresetError(f"{path} is not readable JSON ({e}); it describes the runs in {path.parent}: "
+                          "restore it or use another --out") from None
+    new = json.loads(json.dumps(_results.jsonable(cfg)))
+    diffs = [d for d in _config_differences(old, new) if d.split(".")[0] not in _EXTENDABLE_KEYS]
+    if diffs:
+        shown = ", ".join(diffs[:6]) + (f" and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise PresetError(f"{path.parent} holds an experiment with other settings ({shown} differ from "
+                          "this preset); use another --out, or delete that directory's results to start over")
+
+
 def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, plots: bool = True,
                config_path: str | None = None, shard: tuple[int, int] = (0, 1),
                stop_after: int | None = None) -> dict[str, Any]:
@@ -1198,6 +1243,7 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
     out.mkdir(parents=True, exist_ok=True)
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
+    _check_same_experiment(out / "config.json", cfg)
     # the preset's own key order: budgets run (and --shard splits them) in the order the preset lists them
     atomic_write_text(out / "config.json", json.dumps(_results.jsonable(cfg), indent=1))
     timings: dict[str, float] = {}
