@@ -430,6 +430,14 @@ def test_a_results_directory_keeps_its_settings(tmp_path):
     with pytest.raises(convergence.PresetError, match=r"other settings \(training\.lr, h1\.n_boot differ"):
         convergence.run_preset(other, out, report=False)
     assert (out / "config.json").read_bytes() == before        # untouched
+    # a random run is finished only once its H1 records follow its end record (the report reads them)
+    log = out / "runs" / "random" / "seed0.jsonl"
+    full = log.read_text()
+    log.write_text("".join(ln for ln in full.splitlines(keepends=True) if '"per_sample_eval"' not in ln))
+    st = convergence.experiment_status(out)["budgets"][0]["runs"][0]
+    assert (st["state"], st["step"]) == ("partial", st["steps"])
+    assert convergence._plan_status(cfg, out)["missing"] == [(0, "random")]
+    log.write_text(full)
     more = copy.deepcopy(cfg)
     more.update(seeds=[0, 1], threads=2)
     res = convergence.run_preset(more, out, report=False)

@@ -59,6 +59,8 @@ def _print_status(st: dict) -> dict:
                 continue
             where = (f"partial: step {r['step'] if r['step'] is not None else 0}/{r['steps']}, log written "
                      f"{r['idle_s']:.0f} s ago" if r["state"] == "partial" else "not started")
+            if r["state"] == "partial" and r["step"] == r["steps"]:
+                where += " (trained; its H1 evaluations are not written yet)"
             if r.get("eta_s") is not None and r["state"] == "partial":
                 where += f", ~{r['eta_s'] / 60:.0f} min left at its pace"
             h = r.get("holder")

@@ -576,8 +576,23 @@ _RESUME_KEYS = ("steps", "batch_size", "lr", "seed", "data_fingerprint", "diffic
                 "curriculum", "sampler_strategy", "layer_mode", "autocast_dtype")
 
 
-def _log_complete(path: Path, expected: Mapping[str, Any], *, need_test: bool, need_eval: bool) -> bool:
-    """A finished run: its log has an ``end`` record (and ``test`` / ``per_sample_eval`` if needed).
+def _required_records(cfg: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    """The record types a finished log of run ``name`` holds: ``end``, ``test`` when there is a test
+    split, and for ``random`` the H1 records written after training (``per_sample_eval``, and
+    ``per_sample_grad`` with ``h1.grad_samples``). Until the last of them is written the run is not
+    finished: the report must not read a random run whose H1 evaluations are still being computed."""
+    kinds = ["end"]
+    if cfg["data"]["test_samples"]:
+        kinds.append("test")
+    if name == "random":
+        kinds.append("per_sample_eval")
+        if cfg["h1"]["grad_samples"]:
+            kinds.append("per_sample_grad")
+    return tuple(kinds)
+
+
+def _log_complete(path: Path, expected: Mapping[str, Any], required: Sequence[str]) -> bool:
+    """A finished run: its log has every record type of ``required`` (see :func:`_required_records`).
 
     Raises:
         PresetError: a finished log of a run with other settings (``expected``): resuming would mix
@@ -596,7 +611,7 @@ def _log_complete(path: Path, expected: Mapping[str, Any], *, need_test: bool, n
                         run = rec
     except (json.JSONDecodeError, AttributeError):
         return False
-    done = "end" in kinds and (not need_test or "test" in kinds) and (not need_eval or "per_sample_eval" in kinds)
+    done = all(k in kinds for k in required)
     if done:
         for key in _RESUME_KEYS:
             if key in expected and json.dumps(run.get(key), sort_keys=True) != json.dumps(expected[key], sort_keys=True):
@@ -928,7 +943,7 @@ def train_all(cfg: Mapping[str, Any], data: Any, edge: Any, difficulty: MetaToke
                     "layer_mode": layer_mode,
                     "autocast_dtype": str(autocast).replace("torch.", "") if autocast else None,
                     **{k: v for k, v in run_info.items() if k.endswith("fingerprint")}}
-        if _log_complete(log_path, expected, need_test=data.test is not None, need_eval=is_random):
+        if _log_complete(log_path, expected, _required_records(cfg, name)):
             skipped += 1
             continue
         lock, holder = _claim_run(log_path)
@@ -939,7 +954,7 @@ def train_all(cfg: Mapping[str, Any], data: Any, edge: Any, difficulty: MetaToke
                            _lock_path(log_path))
             continue
         try:
-            if _log_complete(log_path, expected, need_test=data.test is not None, need_eval=is_random):
+            if _log_complete(log_path, expected, _required_records(cfg, name)):
                 skipped += 1  # another process finished it while this one checked
                 continue
             before: dict[str, Any] = {}
@@ -963,9 +978,8 @@ def train_all(cfg: Mapping[str, Any], data: Any, edge: Any, difficulty: MetaToke
                     end = per_sample_layer_grad_norms(generator, data.train, data.collate, grad_idx)
                     recs.append({"type": "per_sample_grad", "indices": grad_idx,
                                  "init": np.round(before["grad"], 6).tolist(), "end": np.round(end, 6).tolist()})
-                with open(log_path, "a", encoding="utf-8") as fh:
-                    for rec in recs:
-                        fh.write(json.dumps(rec) + "\n")
+                with open(log_path, "a", encoding="utf-8") as fh:  # one write: all of them or (killed) none
+                    fh.write("".join(json.dumps(rec) + "\n" for rec in recs))
 
             logger.info("[%d/%d] %s seed %d (%d steps)", i + 1, len(plan), name, seed, tr["steps"])
             t0 = time.perf_counter()
@@ -1329,30 +1343,50 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
             "wall_s": round(time.perf_counter() - t_start, 1)}
 
 
+def _log_kinds(path: Path) -> set[str]:
+    """The record types present in a run log (cheap: a substring test per line, no JSON parse)."""
+    kinds: set[str] = set()
+    if path.is_file():
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                head = line[:40]
+                for k in ("end", "test", "per_sample_eval", "per_sample_grad"):
+                    if f'"type": "{k}"' in head:
+                        kinds.add(k)
+    return kinds
+
+
 def _plan_status(cfg: Mapping[str, Any], out: Path) -> dict[str, Any]:
     done, missing = [], []
     for seed, name in _run_plan(cfg):
-        path = out / "runs" / name / f"seed{seed}.jsonl"
-        ok = False
-        if path.is_file():
-            with open(path, encoding="utf-8") as fh:
-                ok = any('"type": "end"' in line for line in fh)
+        kinds = _log_kinds(out / "runs" / name / f"seed{seed}.jsonl")
+        ok = all(k in kinds for k in _required_records(cfg, name))
         (done if ok else missing).append((seed, name))
     return {"complete": len(done), "missing": missing, "done": done}
 
 
-def _log_progress(path: Path) -> tuple[str, int | None, float | None, float | None]:
-    """(state, last trained step, its wall time in s, seconds since the log was written) of one run's log."""
+def _log_progress(path: Path, required: Sequence[str]) -> tuple[str, int | None, float | None, float | None]:
+    """(state, last trained step, its wall time in s, seconds since the log was written) of one run's log.
+
+    ``finished`` needs every record type of ``required``; a random run past its ``end`` record but
+    still computing its H1 evaluations is ``partial``.
+    """
     if not path.is_file():
         return "missing", None, None, None
     last_train, end = None, None
+    kinds: set[str] = set()
     with open(path, encoding="utf-8") as fh:
         for line in fh:
-            if '"type": "end"' in line:
-                end = line
-            elif '"type": "train"' in line:
+            head = line[:40]
+            if '"type": "train"' in head:
                 last_train = line
-    finished = end is not None
+                continue
+            for k in ("end", "test", "per_sample_eval", "per_sample_grad"):
+                if f'"type": "{k}"' in head:
+                    kinds.add(k)
+                    if k == "end":
+                        end = line
+    finished = all(k in kinds for k in required)
     step = wall = None
     try:
         if end is not None:  # a finished run: its whole training time
@@ -1415,7 +1449,7 @@ def experiment_status(out: str | Path, *, shards: int = 1) -> dict[str, Any]:
         runs = []
         for i, (seed, name) in enumerate(_run_plan(cfg)):
             path = root / "runs" / name / f"seed{seed}.jsonl"
-            state, step, wall, idle = _log_progress(path)
+            state, step, wall, idle = _log_progress(path, _required_records(cfg, name))
             holder = _lock_holder(path) if state != "finished" else None
             steps = cfg["training"]["steps"]
             # at this run's own pace so far (evaluations included); None before its first step
