@@ -587,7 +587,7 @@ class CrossModelSignals:
             r_ids = list(tok(scored, add_special_tokens=False)["input_ids"])
             if not p_ids:
                 raise SampleError(f"sample {i}: the prompt has no tokens under the {side} tokenizer; "
-                                 "a response token needs a predecessor")
+                                  "a response token needs a predecessor")
             if not r_ids:
                 raise SampleError(f"sample {i}: the response has no tokens under the {side} tokenizer")
             dropped = 0
@@ -595,8 +595,8 @@ class CrossModelSignals:
             if total > self.max_length:
                 if self.truncation == "error":
                     raise SampleError(f"sample {i}: {total} {side} tokens (prompt {len(p_ids)} + response "
-                                             f"{len(r_ids)}) > max_length={self.max_length}; raise max_length or "
-                                             "use truncation='left'")
+                                      f"{len(r_ids)}) > max_length={self.max_length}; raise max_length or "
+                                      "use truncation='left'")
                 room = self.max_length - len(r_ids)
                 if room < 2:
                     raise SampleError(

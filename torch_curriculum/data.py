@@ -90,6 +90,12 @@ class SampleError(ValueError):
     the command line reports it in one line."""
 
 
+def _same_kind(e: ValueError) -> type[ValueError]:
+    """The class to re-raise ``e`` as with a better message: a :class:`SampleError` stays one (the
+    command line reports it in one line), anything else is a plain ``ValueError``."""
+    return SampleError if isinstance(e, SampleError) else ValueError
+
+
 class DialogueFormatError(ValueError):
     """A dialogue file is malformed. ``path`` and ``where`` (``line 12``, ``record train[3]``) locate it."""
 
@@ -641,7 +647,7 @@ def _render(sample_id: str, system_prompt: str, body: str, tokenizer: Any,
     pos = text.find(system_prompt)
     if pos < 0:
         raise SampleError(f"sample {sample_id}: the chat template's output does not contain the system prompt; "
-                         "use use_chat_template=False")
+                          "use use_chat_template=False")
     return text, text[:pos + len(system_prompt)]
 
 
@@ -732,8 +738,8 @@ def format_prompt(sample: DialogueSample, *, system_prompt: str = DEFAULT_SYSTEM
 
             if not fits(lo):
                 raise SampleError(f"sample {sample.sample_id}: the prompt is {length_at[lo]} tokens with only "
-                                 f"{'the current utterance' if lo else 'the persona'}, over max_length={max_length}; "
-                                 "raise max_length or shorten the system prompt / persona")
+                                  f"{'the current utterance' if lo else 'the persona'}, over max_length={max_length}; "
+                                  "raise max_length or shorten the system prompt / persona")
             # binary search for the most turns that fit (fewer turns never make the prompt longer)
             hi = keep - 1
             while lo < hi:
@@ -827,7 +833,7 @@ def system_token_count(prompt: Prompt, tokenizer: Any) -> int:
         n -= 1
     if full[:n] != head[:n] or n > len(full):
         raise SampleError(f"sample {prompt.sample_id}: the system prompt does not end on a token boundary for "
-                         f"this tokenizer ({type(tokenizer).__name__})")
+                          f"this tokenizer ({type(tokenizer).__name__})")
     return n
 
 

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import SampleError
+from .data import SampleError, _same_kind
 
 __all__ = ["DTYPES", "POOLINGS", "MetaTokenExtractor", "TokenizedPrompt", "cpu_has_bf16", "find_decoder",
            "prompt_parts", "resolve_dtype"]
@@ -470,13 +470,12 @@ class MetaTokenExtractor:
                         empty = [idx[r] for r in (batch["content_mask"].sum(1) == 0).nonzero()[:, 0].tolist()]
                         if empty:
                             raise SampleError(f"prompt {empty[0]} has no tokens after the first token and the "
-                                             "system prompt; mean pooling needs at least one content token"
-                                             + (f" (also prompts {empty[1:]})" if len(empty) > 1 else ""))
+                                              "system prompt; mean pooling needs at least one content token"
+                                              + (f" (also prompts {empty[1:]})" if len(empty) > 1 else ""))
                     try:
                         vec = self.forward_batch(batch)
                     except ValueError as e:
-                        raise (SampleError if isinstance(e, SampleError) else ValueError)(
-                            f"{e} (prompt indices of this batch: {idx})") from e
+                        raise _same_kind(e)(f"{e} (prompt indices of this batch: {idx})") from e
                     if result is None:
                         result = torch.empty(len(toks), vec.shape[1], vec.shape[2], dtype=torch.float32)
                     elif vec.shape[1:] != result.shape[1:]:

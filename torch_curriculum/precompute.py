@@ -100,7 +100,7 @@ from ._io import atomic_write
 from ._version import __version__
 from .alignment import ALIGNMENTS, resolve_layer_map, ridge_folds, select_anchors
 from .config import CurriculumConfig
-from .data import SampleError
+from .data import _same_kind
 from .dataset import (
     DifficultyFileError,
     MetaTokenDifficultyDataset,
@@ -1188,12 +1188,6 @@ def _shard_signals(samples: Sequence[Any], lo: int, hi: int, calib: Calibration 
                 raise ValueError(f"{x} is NaN/Inf for sample(s) {[ids[lo + r] for r in bad[:10]]}")
             signals[x] = v
     return signals
-
-
-def _same_kind(e: ValueError) -> type[ValueError]:
-    """The class to re-raise ``e`` as with a better message: a :class:`SampleError` stays one (the
-    command line reports it in one line), anything else is a plain ``ValueError``."""
-    return SampleError if isinstance(e, SampleError) else ValueError
 
 
 def _globalise(msg: str, rows: Sequence[int], ids: Sequence[str]) -> str:

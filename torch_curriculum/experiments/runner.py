@@ -1343,25 +1343,11 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
             "wall_s": round(time.perf_counter() - t_start, 1)}
 
 
-def _log_kinds(path: Path) -> set[str]:
-    """The record types present in a run log (cheap: a substring test per line, no JSON parse)."""
-    kinds: set[str] = set()
-    if path.is_file():
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                head = line[:40]
-                for k in ("end", "test", "per_sample_eval", "per_sample_grad"):
-                    if f'"type": "{k}"' in head:
-                        kinds.add(k)
-    return kinds
-
-
 def _plan_status(cfg: Mapping[str, Any], out: Path) -> dict[str, Any]:
     done, missing = [], []
     for seed, name in _run_plan(cfg):
-        kinds = _log_kinds(out / "runs" / name / f"seed{seed}.jsonl")
-        ok = all(k in kinds for k in _required_records(cfg, name))
-        (done if ok else missing).append((seed, name))
+        state = _log_progress(out / "runs" / name / f"seed{seed}.jsonl", _required_records(cfg, name))[0]
+        (done if state == "finished" else missing).append((seed, name))
     return {"complete": len(done), "missing": missing, "done": done}
 
 
@@ -1404,8 +1390,9 @@ def experiment_status(out: str | Path, *, shards: int = 1) -> dict[str, Any]:
     """Which runs of an experiment directory have finished, are under way (or were cut off), or wait.
 
     Reads only ``config.json`` and the run logs (no model, nothing written), so it is safe while
-    ``--shard`` processes are training into the same directory. A ``partial`` run has a log without
-    its ``end`` record: either a process is training it (``holder``; ``idle_s`` small) or one was
+    ``--shard`` processes are training into the same directory. A ``partial`` run has a log that
+    lacks some of its final records (``end``, ``test``, and for ``random`` the H1 evaluations written
+    after training): either a process is training it (``holder``; ``idle_s`` small) or one was
     stopped, and the next ``torch-curriculum experiment`` retrains it from the start.
 
     Args:
