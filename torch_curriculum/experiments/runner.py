@@ -1421,7 +1421,9 @@ def experiment_status(out: str | Path, *, shards: int = 1) -> dict[str, Any]:
 
     Example:
         >>> st = experiment_status("results/cpu", shards=2)  # doctest: +SKIP
-        >>> [(r["strategy"], r["seed"]) for b in st["budgets"] for r in b["runs"] if r["state"] != "finished"]
+        >>> [(r["strategy"], r["seed"]) for b in st["budgets"]  # doctest: +SKIP
+        ...  for r in b["runs"] if r["state"] != "finished"]
+        [('easy_to_hard', 3), ('dynamic', 3)]
     """
     out = Path(out)
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
