@@ -13,6 +13,7 @@ from scipy import stats
 from torch_curriculum.experiments.metrics import (
     bootstrap_ci,
     compare_correlations,
+    compare_to_baseline,
     holm,
     layer_stabilisation_step,
     paired_test,
@@ -455,6 +456,60 @@ def test_rank_strategies_errors():
     with pytest.raises(ValueError, match="'b'"):
         rank_strategies({"a": [1.0, 2.0], "b": [1.0, float("nan")]})
     assert "Only one strategy" in ranking_verdict(rank_strategies({"a": [1.0, 2.0]}))
+
+
+def test_compare_to_baseline_matches_scipy_over_the_seeds_each_pair_shares():
+    rng = np.random.default_rng(3)
+    base = {k: 4.0 + rng.normal(0, 0.05) for k in range(5)}
+    vals = {"random": base,
+            "lower": {k: v - 0.2 + rng.normal(0, 0.01) for k, v in base.items()},
+            "noise": {k: v + rng.normal(0, 0.05) for k, v in base.items()},
+            # an unfinished strategy: seeds 0, 2, 4 only
+            "partial": {k: base[k] + 0.3 + rng.normal(0, 0.02) for k in (0, 2, 4)},
+            "one_seed": {1: 3.0},
+            "control": {k: v - 0.1 + rng.normal(0, 0.01) for k, v in base.items()}}
+    out = compare_to_baseline(vals, "random", judged_alone=("control",))
+    assert set(out) == {"lower", "noise", "partial", "one_seed", "control"}
+    raw = {}
+    for name in ("lower", "noise", "partial", "control"):
+        seeds = sorted(vals[name])
+        a = np.array([vals[name][k] for k in seeds])
+        b = np.array([base[k] for k in seeds])
+        r = out[name]
+        assert r["seeds"] == seeds and r["n"] == len(seeds)
+        assert r["mean_diff"] == pytest.approx((a - b).mean())
+        np.testing.assert_allclose(r["ci95"], stats.t.interval(0.95, len(a) - 1, (a - b).mean(), stats.sem(a - b)))
+        raw[name] = stats.ttest_rel(a, b).pvalue
+        assert r["p_value"] == pytest.approx(raw[name])
+    # Holm over the three competing strategies, by hand; the control keeps its own p-value
+    fam = ["lower", "noise", "partial"]
+    order = sorted(fam, key=raw.get)
+    adj, running = {}, 0.0
+    for i, name in enumerate(order):
+        running = max(running, min(1.0, (len(fam) - i) * raw[name]))
+        adj[name] = running
+    for name in fam:
+        assert out[name]["p_holm"] == pytest.approx(adj[name])
+    assert out["control"]["p_holm"] == pytest.approx(raw["control"])
+    assert out["lower"]["direction"] == "lower" and out["partial"]["direction"] == "higher"
+    assert out["control"]["direction"] == "lower"
+    assert out["noise"]["significant"] is False and out["noise"]["direction"] is None
+    assert out["one_seed"]["n"] == 1 and out["one_seed"]["p_value"] is None
+    assert out["one_seed"]["significant"] is None
+
+
+def test_compare_to_baseline_needs_both_the_test_and_the_ci():
+    # four seeds, differences -0.1 each plus one tiny wobble: p tiny, CI excludes 0 -> lower;
+    # in the Holm family with a second, null comparison the adjusted p still passes
+    vals = {"random": {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0},
+            "a": {0: 0.9, 1: 1.9, 2: 2.9, 3: 3.91},
+            "b": {0: 1.2, 1: 1.8, 2: 3.1, 3: 3.9}}
+    out = compare_to_baseline(vals, "random")
+    assert out["a"]["direction"] == "lower" and out["b"]["direction"] is None
+    with pytest.raises(ValueError, match="baseline 'x' has no values"):
+        compare_to_baseline(vals, "x")
+    with pytest.raises(ValueError, match="'a'"):
+        compare_to_baseline({"random": {0: 1.0, 1: 2.0}, "a": {0: float("nan"), 1: 1.0}}, "random")
 
 
 def test_missing_scipy_is_a_clear_error_naming_the_extra(monkeypatch):

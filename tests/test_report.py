@@ -330,6 +330,24 @@ def test_h3_ranks_every_strategy_with_verdicts(results_dir):
         [1 - math.exp(-100 / (5 * (j + 1))) for j in range(L)], abs=1e-9)
 
 
+def test_h3_compares_every_strategy_with_the_baseline_on_each_loss(results_dir):
+    _, doc = results_dir
+    vs = doc["h3"]["vs_baseline"]
+    assert vs["baseline"] == "random"
+    assert set(vs["metrics"]) == {"val_auc", "best_val_loss", "final_val_loss", "test_loss"}
+    rows = vs["metrics"]["test_loss"]
+    assert set(rows) == set(STRATEGIES) - {"random"}
+    for s, r in rows.items():
+        a = [doc["runs"][s][str(k)]["test_loss"] for k in SEEDS]
+        b = [doc["runs"]["random"][str(k)]["test_loss"] for k in SEEDS]
+        assert r["mean_diff"] == pytest.approx(float(np.mean(np.subtract(a, b))))
+        assert r["p_value"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    md = report.render_markdown(doc)
+    assert "| strategy | seeds shared with `random` | mean − `random` | 95% CI | p | Holm p | verdict |" in md
+    assert "- **Against `random`** (mean difference [95% CI], paired by seed, Holm over the strategies): " \
+        "best val loss: " in md
+
+
 def test_results_json_is_strict_json_and_round_trips(results_dir):
     root, doc = results_dir
     text = (root / "results.json").read_text()

@@ -46,6 +46,7 @@ __all__ = [
     "auroc",
     "auroc_ci",
     "bootstrap_ci",
+    "compare_to_baseline",
     "mde_paired",
     "compare_correlations",
     "holm",
@@ -816,6 +817,75 @@ def rank_strategies(per_strategy_values: Mapping[str, Sequence[float]], *,
         for i, (p, ph) in enumerate(zip(p_best, holm(p_best)), start=1):
             rows[i].update(p_vs_best=p, p_holm_vs_best=ph, significant_vs_best=bool(ph <= alpha))
     return rows
+
+
+def compare_to_baseline(per_strategy_by_seed: Mapping[str, Mapping[int, float]], baseline: str, *,
+                        confidence: float = 0.95, alpha: float = 0.05,
+                        judged_alone: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Each strategy against one baseline on a metric, paired by seed, Holm-corrected over strategies.
+
+    Unlike :func:`rank_strategies`, which needs the seeds every strategy has, each comparison uses
+    every seed that strategy shares with the baseline (an unfinished benchmark loses no pairs). The
+    difference is ``strategy - baseline`` (negative = lower than the baseline); its mean gets a
+    Student-t CI (:func:`t_ci`) and a two-sided paired t-test (:func:`paired_test`). The p-values of
+    the strategies with >= 2 pairs, less those ``judged_alone`` (e.g. a positive control, which
+    calibrates the instrument rather than competes), form one Holm family.
+
+    Args:
+        per_strategy_by_seed (Mapping[str, Mapping[int, float]]): value per strategy per seed;
+            the baseline must be one of the strategies. Values must be finite.
+        baseline (str): the strategy every other one is compared with.
+        confidence (float): CI level. Default 0.95.
+        alpha (float): significance level of the Holm-adjusted (or, judged alone, the raw)
+            p-value. Default 0.05.
+        judged_alone (Sequence[str]): strategies left out of the Holm family; their ``p_holm`` is
+            their raw p-value. Default none.
+
+    Returns:
+        dict: per strategy other than the baseline, ``{"seeds", "n", "mean_diff", "ci95", "p_value",
+        "p_holm", "significant", "direction", "values", "baseline_values"}``; ``direction`` is
+        ``"lower"``/``"higher"`` when significant (Holm-adjusted p <= alpha and the CI excludes 0),
+        else None. A strategy with fewer than 2 seeds shared with the baseline gets ``n`` and None
+        for the statistics.
+
+    Raises:
+        ValueError: the baseline has no values, a value is NaN/Inf, or a bad ``confidence``.
+
+    Example:
+        >>> r = compare_to_baseline({"random": {0: 4.0, 1: 4.1, 2: 3.9},
+        ...                          "a": {0: 3.8, 1: 3.95, 2: 3.7}}, "random")
+        >>> round(r["a"]["mean_diff"], 3), r["a"]["direction"]
+        (-0.183, 'lower')
+    """
+    if baseline not in per_strategy_by_seed or not per_strategy_by_seed[baseline]:
+        raise ValueError(f"the baseline {baseline!r} has no values; strategies: {sorted(per_strategy_by_seed)}")
+    base = per_strategy_by_seed[baseline]
+    out: dict[str, dict[str, Any]] = {}
+    for name, by_seed in per_strategy_by_seed.items():
+        if name == baseline:
+            continue
+        seeds = sorted(set(by_seed) & set(base))
+        a = _as_1d([by_seed[k] for k in seeds], f"{name!r} values") if seeds else np.empty(0)
+        b = _as_1d([base[k] for k in seeds], f"{baseline!r} values") if seeds else np.empty(0)
+        row: dict[str, Any] = {"seeds": seeds, "n": len(seeds), "mean_diff": None, "ci95": None,
+                               "p_value": None, "p_holm": None, "significant": None, "direction": None,
+                               "values": a.tolist(), "baseline_values": b.tolist()}
+        if len(seeds) >= 2:
+            lo, hi = t_ci(a - b, confidence)
+            row.update(mean_diff=float((a - b).mean()), ci95=[lo, hi], p_value=paired_test(a, b)["p_value"])
+        out[name] = row
+    family = [k for k, r in out.items() if r["p_value"] is not None and k not in judged_alone]
+    for k, ph in zip(family, holm([out[k]["p_value"] for k in family])):
+        out[k]["p_holm"] = ph
+    for k, r in out.items():
+        if r["p_value"] is None:
+            continue
+        if k not in family:
+            r["p_holm"] = r["p_value"]
+        lo, hi = r["ci95"]
+        r["significant"] = bool(r["p_holm"] <= alpha and (lo > 0 or hi < 0))
+        r["direction"] = ("lower" if hi < 0 else "higher") if r["significant"] else None
+    return out
 
 
 def ranking_verdict(ranking: Sequence[Mapping[str, Any]], *, metric: str = "the metric",

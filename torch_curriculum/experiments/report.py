@@ -198,6 +198,9 @@ def _headline(doc: Mapping[str, Any]) -> list[str]:
                      f"{order}. {block['verdict']}")
     elif h3 is not None:
         lines.append(f"- **H3**: no ranking ({h3.get('note') or 'no data'}).")
+    vs_line = _vs_baseline_headline(h3)
+    if vs_line:
+        lines.append(vs_line)
     return [*lines, ""]
 
 
@@ -292,11 +295,20 @@ def _h2_verdict(ci: Sequence[float] | None, p: float | None, alpha: float = 0.05
 
 def _h3_section(h3: Mapping[str, Any] | None) -> list[str]:
     lines = ["## H3 — ranking of strategies", ""]
+    vs = (h3 or {}).get("vs_baseline") or {}
     if not h3 or not h3.get("rankings"):
         note = (h3 or {}).get("note") or "no ranking in this results file"
-        return [*lines, f"No ranking: {note}.", ""]
+        lines += [f"No ranking: {note}.", ""]
+        for metric_name in (vs.get("metrics") or {}):
+            lines += [f"### {metric_name.replace('_', ' ').capitalize()}", "", *_vs_baseline_table(vs, metric_name)]
+        return lines
     lines += [f"Mean over seeds {h3.get('seeds')} with Student-t CIs; tests: "
               f"{h3.get('test', '')} (alpha = {h3.get('alpha')}). Lower is better.", ""]
+    if vs.get("metrics"):
+        lines += [f"Under each ranking, every strategy against `{vs['baseline']}` alone: the difference "
+                  f"{vs['difference']}, mean over the seeds it shares with `{vs['baseline']}` (so an interim "
+                  f"benchmark loses no pairs) with a Student-t CI; {vs['test']}; a difference counts when "
+                  f"the adjusted p <= {vs['alpha']} and the CI excludes 0.", ""]
     if h3.get("note"):
         lines += [f"Note: {h3['note']}.", ""]
     for metric_name, block in h3["rankings"].items():
@@ -309,7 +321,41 @@ def _h3_section(h3: Mapping[str, Any] | None) -> list[str]:
         lines += _table(["rank", "strategy", "mean", "CI", "Holm p vs next", "sig. vs next",
                          "Holm p vs best", "sig. vs best"], rows)
         lines += ["", f"> {block['verdict']}", ""]
+        lines += _vs_baseline_table(vs, metric_name)
     return lines
+
+
+def _vs_baseline_table(vs: Mapping[str, Any], metric_name: str) -> list[str]:
+    rows_in = (vs.get("metrics") or {}).get(metric_name)
+    if not rows_in:
+        return []
+    base = vs["baseline"]
+    rows = [[f"`{s}`", ", ".join(str(k) for k in r["seeds"]) or "—",
+             _f(r["mean_diff"], 4), _ci(r["ci95"], 4), _p(r["p_value"]), _p(r["p_holm"]),
+             {"lower": f"lower than `{base}`", "higher": f"higher than `{base}`"}.get(
+                 r["direction"], "too few seeds" if r["p_value"] is None else "no significant difference")]
+            for s, r in sorted(rows_in.items(), key=lambda kv: (kv[1]["mean_diff"] is None,
+                                                                kv[1]["mean_diff"] or 0.0))]
+    return [*_table(["strategy", f"seeds shared with `{base}`", f"mean − `{base}`", "95% CI", "p",
+                     "Holm p", "verdict"], rows), ""]
+
+
+def _vs_baseline_headline(h3: Mapping[str, Any] | None) -> str | None:
+    vs = (h3 or {}).get("vs_baseline") or {}
+    parts = []
+    for metric_name, rows in (vs.get("metrics") or {}).items():
+        if metric_name not in ("best_val_loss", "test_loss"):
+            continue
+        lower = [f"`{s}` {_f(r['mean_diff'], 3)} {_ci(r['ci95'], 3)}" for s, r in rows.items()
+                 if r["direction"] == "lower"]
+        higher = [f"`{s}` +{_f(r['mean_diff'], 3)} {_ci(r['ci95'], 3)}" for s, r in rows.items()
+                  if r["direction"] == "higher"]
+        parts.append(f"{metric_name.replace('_', ' ')}: lower: {', '.join(lower) or 'none'}; "
+                     f"higher: {', '.join(higher) or 'none'}")
+    if not parts:
+        return None
+    return (f"- **Against `{vs['baseline']}`** (mean difference [95% CI], paired by seed, Holm over the "
+            f"strategies): " + "; ".join(parts) + ".")
 
 
 def _runs_section(doc: Mapping[str, Any]) -> list[str]:

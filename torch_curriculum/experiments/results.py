@@ -23,7 +23,8 @@ documented in full in ``torch_curriculum/experiments/RESULTS_SCHEMA.md``; in sho
       "h2": {"baseline", "metric", "ci_method", "censoring",
              "strategies": {"<strategy>": {"pct_fewer_steps_vs_random", "ci95", "p_value", ...}}},
       "h3": {"primary_metric", "alpha", "rankings": {"<metric>": {"lower_is_better", "ranking",
-             "verdict"}}},
+             "verdict"}}, "vs_baseline": {"baseline", "metrics": {"<metric>": {"<strategy>": {
+             "mean_diff", "ci95", "p_value", "p_holm", "direction", ...}}}}},
       "per_layer": {"rule", "rel_tol", "strategies": {"<strategy>": {"stabilisation_step_mean",
                     "final_update_norm_mean", "grad_norm_mean", "n_seeds", "n_never_stable"}}},
       "arrays": {"layer_diffs": "arrays/layer_diffs.npy", "layer_diffs_raw": ...,
@@ -584,7 +585,9 @@ def build_results(run_records: Sequence[Mapping[str, Any]], *,
     (``p_value_pct``, consistent with the CI) and the same % for samples and wall time. H3: for each
     of steps to target, final validation loss and test loss (when every run has one),
     :func:`torch_curriculum.metrics.rank_strategies` over every strategy, baseline included, and a
-    verdict. H1: :func:`torch_curriculum.metrics.rank_correlation` of every signal with every
+    verdict; and, for each loss metric, every strategy against the baseline over the seeds it
+    shares with it (:func:`torch_curriculum.experiments.metrics.compare_to_baseline`, Holm over the
+    strategies, the ``oracle`` judged alone when ``noise_flags`` are given). H1: :func:`torch_curriculum.metrics.rank_correlation` of every signal with every
     target, ranked by ``|spearman|`` on the primary target.
 
     Args:
@@ -688,7 +691,8 @@ def build_results(run_records: Sequence[Mapping[str, Any]], *,
                          "strategies": _h2(runs, baseline, confidence, alpha, power)}
     else:
         results["h2"] = None
-    results["h3"] = _h3(runs, confidence, alpha, seed)
+    results["h3"] = _h3(runs, confidence, alpha, seed, baseline,
+                        judged_alone=(oracle,) if noise_flags is not None else ())
     results["noise"] = (_noise(signals or {}, noise_flags, signal_info, results["h2"], oracle, n_boot,
                                confidence, alpha, seed) if noise_flags is not None else None)
     for key, value in (extra or {}).items():
@@ -699,7 +703,7 @@ def build_results(run_records: Sequence[Mapping[str, Any]], *,
 
 
 def _h3(runs: dict[str, dict[int, dict]], confidence: float, alpha: float,
-        seed: int) -> dict[str, Any]:
+        seed: int, baseline: str | None = None, judged_alone: Sequence[str] = ()) -> dict[str, Any]:
     seed_sets = {s: sorted(by_seed) for s, by_seed in runs.items()}
     common = sorted(set.intersection(*(set(v) for v in seed_sets.values())))
     rankings: dict[str, Any] = {}
@@ -730,7 +734,32 @@ def _h3(runs: dict[str, dict[int, dict]], confidence: float, alpha: float,
                                                                         alpha=alpha)}
     return {"primary_metric": "steps_to_target", "alpha": alpha, "seeds": common,
             "test": "paired t-test by seed, Holm-corrected", "ci_method": "t",
-            "rankings": rankings, "note": "; ".join(notes) or None}
+            "rankings": rankings, "note": "; ".join(notes) or None,
+            "vs_baseline": _vs_baseline(runs, baseline, confidence, alpha, judged_alone)}
+
+
+def _vs_baseline(runs: dict[str, dict[int, dict]], baseline: str | None, confidence: float,
+                 alpha: float, judged_alone: Sequence[str]) -> dict[str, Any] | None:
+    """Every strategy against the baseline on each loss metric, over the seeds it shares with it.
+
+    Steps to target are H2's (as a %), so they are left out here. Unlike the ranking, which keeps
+    only the seeds every strategy has, each pair uses all its seeds: an interim benchmark loses none.
+    """
+    if baseline is None or baseline not in runs or len(runs) < 2:
+        return None
+    by_metric = {}
+    for metric_name in RANKING_METRICS:
+        if metric_name == "steps_to_target":
+            continue
+        values = {s: {k: r[metric_name] for k, r in by_seed.items()} for s, by_seed in runs.items()}
+        if any(v is None for by_seed in values.values() for v in by_seed.values()):
+            continue  # e.g. no test set
+        by_metric[metric_name] = metrics.compare_to_baseline(values, baseline, confidence=confidence,
+                                                             alpha=alpha, judged_alone=judged_alone)
+    return {"baseline": baseline, "difference": "strategy - baseline (negative = lower)",
+            "test": "paired t-test by seed over the seeds shared with the baseline, Holm-corrected "
+                    "over the strategies" + (f" ({', '.join(judged_alone)} judged alone)" if judged_alone else ""),
+            "alpha": alpha, "confidence": confidence, "metrics": by_metric}
 
 
 def _per_layer(runs: dict[str, dict[int, dict]], rel_tol: float) -> dict[str, Any]:
