@@ -305,8 +305,8 @@ def _h3_section(h3: Mapping[str, Any] | None) -> list[str]:
     lines += [f"Mean over seeds {h3.get('seeds')} with Student-t CIs; tests: "
               f"{h3.get('test', '')} (alpha = {h3.get('alpha')}). Lower is better.", ""]
     if vs.get("metrics"):
-        lines += [f"Under each ranking, every strategy against `{vs['baseline']}` alone: the difference "
-                  f"{vs['difference']}, mean over the seeds it shares with `{vs['baseline']}` (so an interim "
+        lines += [f"Under each ranking, every strategy against `{vs['baseline']}` alone: the difference ("
+                  f"{vs['difference']}), mean over the seeds it shares with `{vs['baseline']}` (so an interim "
                   f"benchmark loses no pairs) with a Student-t CI; {vs['test']}; a difference counts when "
                   f"the adjusted p <= {vs['alpha']} and the CI excludes 0.", ""]
     if h3.get("note"):

@@ -587,7 +587,7 @@ def build_results(run_records: Sequence[Mapping[str, Any]], *,
     :func:`torch_curriculum.metrics.rank_strategies` over every strategy, baseline included, and a
     verdict; and, for each loss metric, every strategy against the baseline over the seeds it
     shares with it (:func:`torch_curriculum.experiments.metrics.compare_to_baseline`, Holm over the
-    strategies, the ``oracle`` judged alone when ``noise_flags`` are given). H1: :func:`torch_curriculum.metrics.rank_correlation` of every signal with every
+    strategies; the ``oracle``, when run, is the positive control and judged alone). H1: :func:`torch_curriculum.metrics.rank_correlation` of every signal with every
     target, ranked by ``|spearman|`` on the primary target.
 
     Args:
@@ -692,7 +692,7 @@ def build_results(run_records: Sequence[Mapping[str, Any]], *,
     else:
         results["h2"] = None
     results["h3"] = _h3(runs, confidence, alpha, seed, baseline,
-                        judged_alone=(oracle,) if noise_flags is not None else ())
+                        judged_alone=(oracle,))  # the positive control calibrates, it does not compete
     results["noise"] = (_noise(signals or {}, noise_flags, signal_info, results["h2"], oracle, n_boot,
                                confidence, alpha, seed) if noise_flags is not None else None)
     for key, value in (extra or {}).items():
@@ -747,6 +747,7 @@ def _vs_baseline(runs: dict[str, dict[int, dict]], baseline: str | None, confide
     """
     if baseline is None or baseline not in runs or len(runs) < 2:
         return None
+    judged_alone = [s for s in judged_alone if s in runs]
     by_metric = {}
     for metric_name in RANKING_METRICS:
         if metric_name == "steps_to_target":
@@ -756,9 +757,9 @@ def _vs_baseline(runs: dict[str, dict[int, dict]], baseline: str | None, confide
             continue  # e.g. no test set
         by_metric[metric_name] = metrics.compare_to_baseline(values, baseline, confidence=confidence,
                                                              alpha=alpha, judged_alone=judged_alone)
-    return {"baseline": baseline, "difference": "strategy - baseline (negative = lower)",
+    return {"baseline": baseline, "difference": "strategy − baseline, negative = lower",
             "test": "paired t-test by seed over the seeds shared with the baseline, Holm-corrected "
-                    "over the strategies" + (f" ({', '.join(judged_alone)} judged alone)" if judged_alone else ""),
+                    "over the strategies" + (f" ({', '.join(judged_alone)}, the positive control, judged alone)" if judged_alone else ""),
             "alpha": alpha, "confidence": confidence, "metrics": by_metric}
 
 
