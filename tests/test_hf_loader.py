@@ -1,5 +1,5 @@
 """CurriculumDataLoader on its own: epochs in order, set_epoch only at epoch starts, state at the
-consumed batch, no length (epochs differ in length)."""
+consumed batch (with workers: plus the batches drawn ahead), no length (epochs differ in length)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,31 @@ def test_state_dict_resumes_at_the_next_batch_and_at_epoch_ends():
         assert rest == batches[cut:cut + 6], cut
     with pytest.raises(ValueError, match="missing"):
         fresh.load_state_dict({"epoch": 0})
+
+
+def test_with_workers_the_state_keeps_the_prefetched_batches_and_resumes_exactly():
+    batches = _reference(5, 4)
+    first_epoch = len(_epoch_lists(1)[0]) // 4 + 1  # 3 batches: 2 workers x 2 draw it all at once
+    for cut in (1, 2, first_epoch, first_epoch + 1, first_epoch + 3):
+        loader = CurriculumDataLoader(list(range(N)), _sampler(), batch_size=4, num_workers=2)
+        it = iter(loader)
+        for _ in range(cut):
+            next(it)
+        state = loader.state_dict()
+        # what was drawn and not taken: the next batches, in order (at most 2 workers x 2 ahead)
+        assert 0 < len(state["pending"]) <= 4 or not state["in_epoch"]
+        assert state["pending"] == batches[cut:cut + len(state["pending"])], cut
+        del it  # shut the workers down before the next loader
+        fresh = CurriculumDataLoader(list(range(N)), _sampler(), batch_size=4, num_workers=2)
+        fresh.load_state_dict(state)
+        rest = [b.tolist() for b in itertools.islice(iter(fresh), 8)]
+        assert rest == batches[cut:cut + 8], cut
+        assert fresh.state_dict()["epoch"] >= state["epoch"]
+    inline = CurriculumDataLoader(list(range(N)), _sampler(), batch_size=4)
+    with pytest.raises(ValueError, match="'pending' must be a list"):
+        inline.load_state_dict({**state, "in_epoch": True, "pending": [[1, -2]]})
+    with pytest.raises(ValueError, match="inside an epoch"):
+        inline.load_state_dict({**state, "in_epoch": False, "pending": [[1, 2]]})
 
 
 def test_bad_inputs_are_errors():

@@ -63,7 +63,9 @@ another table, or on the same table with its rows reordered, is refused; a hand-
 state is refused with the field named; the permutations are derived from
 ``(seed, epoch, pass)``, so no RNG state needs saving and the next index after
 :meth:`load_state_dict` in a new process is exactly the one the old process would have drawn. Note: a
-``DataLoader`` with workers prefetches indices, so "handed out" can be ahead of "trained on".
+``DataLoader`` with workers prefetches indices, so "handed out" can be ahead of "trained on"; the
+Trainer integration's loader (:class:`torch_curriculum.integrations.hf.CurriculumDataLoader`) keeps
+the batches in between in its checkpoints and hands them out again on resume.
 
 Memory and workers. A sampler keeps O(N) working arrays: an int32 easy-to-hard order per score in use
 (at most two, shared by the samplers over the same table object) and one int32 permutation per pass. It reads the primary-score column, and computes a

@@ -22,10 +22,13 @@ under DDP) into the checkpoint folder: the sampler's ``state_dict`` at the next 
 will take, the loader's epoch, the loss feeder's smoothing state, the layer mask's state and the step
 plan. ``trainer.train(resume_from_checkpoint=...)`` restores them before the first batch, and the
 Trainer does not skip batches (the sampler itself continues at the next index), so a resumed run
-draws the same batches as the uninterrupted one. Exact for every strategy with
-``dataloader_num_workers=0``; with worker processes the loader records the sampler's state per
-batch so the position is still exact, but a loss-driven sampler (dynamic, hybrid) may have been
-updated after its workers prefetched, which a restart cannot replay (a warning says so).
+draws the same batches as the uninterrupted one. With worker processes the loader draws
+``num_workers * prefetch_factor`` batches ahead of training: the checkpoint keeps those drawn but
+untrained batches (``pending``) beside the sampler's live state, and a resumed loader hands them
+out first, then draws when the uninterrupted one did, so resumes are exact for every strategy,
+loss-driven ones included, when the resumed run uses the same ``dataloader_num_workers`` and
+``dataloader_prefetch_factor``. The price of prefetching: a loss-driven sampler (dynamic, hybrid)
+sees each loss that many batches late (a warning says so).
 
 Where the loss comes from (granularity): ``Trainer`` hands the loss to callbacks only in ``on_log``
 (``logs["loss"]``: the mean over the optimiser steps since the previous log, over the
@@ -232,13 +235,24 @@ class LayerMaskCallback(TrainerCallback):
 
 
 class _Batches:
-    """Batch sampler over the curriculum sampler that counts draws (and, with workers, snapshots)."""
+    """Batch sampler over the curriculum sampler: first the batches a checkpoint had drawn but not
+    trained (replayed as drawn), then the sampler's next ones; it counts draws and, with workers,
+    keeps the batches drawn ahead of the consumer."""
 
     def __init__(self, owner: CurriculumDataLoader) -> None:
         self.owner = owner
 
     def __iter__(self) -> Iterator[list[int]]:
         owner = self.owner
+        while owner._replay:
+            batch = owner._replay.popleft()
+            owner._drew(batch)
+            yield batch
+        if owner._drawn >= owner.epoch_batches > 0:
+            return  # the checkpoint's workers had drawn the whole epoch: the sampler has no more
+            # (iterating it again would replay the finished epoch)
+        # only now: a sampler that reads its (loss-paced) state when iterated must see the state
+        # the uninterrupted run had when it drew this batch
         bs, it = owner.batch_size, iter(owner.sampler)
         while True:
             batch = list(itertools.islice(it, bs))
@@ -297,7 +311,8 @@ class CurriculumDataLoader:
         self.epoch_batches = 0  # planned batches of this epoch (from len(sampler) at its start)
         self.epochs_completed = 0
         self._drawn = 0  # batches whose indices were drawn in this epoch (>= delivered with workers)
-        self._snapshots: deque[tuple[int, dict[str, Any]]] = deque()
+        self._ahead: deque[tuple[int, list[int]]] = deque()  # (draw number, batch) not yet delivered
+        self._replay: deque[list[int]] = deque()  # a checkpoint's drawn-but-undelivered batches
 
     def _batches_of(self, n: int) -> int:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
@@ -305,14 +320,14 @@ class CurriculumDataLoader:
     def _drew(self, batch: list[int]) -> None:
         self._drawn += 1
         if self.num_workers > 0:
-            self._snapshots.append((self._drawn, self.sampler.state_dict()))
+            self._ahead.append((self._drawn, [int(i) for i in batch]))
 
     def _begin_epoch(self) -> None:
         self.sampler.set_epoch(self.epoch)
         self.in_epoch = True
         self.batches_in_epoch = 0
         self._drawn = 0
-        self._snapshots.clear()
+        self._ahead.clear()
         self.epoch_batches = self._batches_of(len(self.sampler))
 
     def _end_epoch(self) -> None:
@@ -348,24 +363,30 @@ class CurriculumDataLoader:
                                    f"{self.epoch - 2} and {self.epoch - 1}; its pool is empty")
 
     def state_dict(self) -> dict[str, Any]:
-        """The loader's epoch and the sampler's state at the next batch the consumer takes (JSON).
+        """The loader's epoch, the sampler's live state and the batches drawn but not yet taken (JSON).
+
+        With worker processes the loader draws ``num_workers * prefetch_factor`` batches ahead of
+        the consumer; ``pending`` holds them (index lists, oldest first) and ``sampler`` is the
+        state after them, with every loss update so far. A resumed loader hands out ``pending``
+        first, then draws from the sampler when the uninterrupted one did.
 
         Returns:
             dict[str, Any]: restore it with :meth:`load_state_dict`.
+
+        Raises:
+            RuntimeError: the loader lost track of a batch it drew (a bug, not a user error).
         """
-        delivered = self.batches_in_epoch if self.in_epoch else None
-        if delivered is None or self._drawn == delivered:
-            sampler_state = self.sampler.state_dict()
-        else:  # worker processes drew ahead: the state recorded when the consumer's batch was drawn
-            while self._snapshots and self._snapshots[0][0] < delivered:
-                self._snapshots.popleft()
-            if not self._snapshots or self._snapshots[0][0] != delivered:
-                raise RuntimeError(f"no sampler state recorded at batch {delivered} of epoch "
-                                   f"{self.epoch} (drawn {self._drawn})")
-            sampler_state = self._snapshots[0][1]
+        delivered = self.batches_in_epoch if self.in_epoch else self._drawn
+        while self._ahead and self._ahead[0][0] <= delivered:
+            self._ahead.popleft()
+        pending = [batch for _, batch in self._ahead] + [list(b) for b in self._replay]
+        if self._drawn - delivered != len(self._ahead):
+            raise RuntimeError(f"the curriculum loader drew {self._drawn} batches of epoch {self.epoch}, "
+                               f"delivered {delivered} and holds {len(self._ahead)}")
         return {"epoch": self.epoch, "in_epoch": self.in_epoch,
                 "batches_in_epoch": self.batches_in_epoch, "epoch_batches": self.epoch_batches,
-                "epochs_completed": self.epochs_completed, "sampler": sampler_state}
+                "epochs_completed": self.epochs_completed, "sampler": self.sampler.state_dict(),
+                "pending": pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (before iterating).
@@ -386,7 +407,15 @@ class CurriculumDataLoader:
         self.epoch_batches = int(state["epoch_batches"])
         self.epochs_completed = int(state.get("epochs_completed", self.epoch))
         self._drawn = self.batches_in_epoch
-        self._snapshots.clear()
+        self._ahead.clear()
+        # absent in checkpoints written before the replay existed: their sampler state was at the taken batch
+        pending = state.get("pending") or []
+        if (not isinstance(pending, list) or (pending and not self.in_epoch)
+                or not all(isinstance(b, list) and b and all(isinstance(i, int) and not isinstance(i, bool)
+                                                             and i >= 0 for i in b) for b in pending)):
+            raise ValueError("curriculum loader state: 'pending' must be a list of non-empty lists of "
+                             f"sample indices, inside an epoch; got {str(pending)[:120]}")
+        self._replay = deque(list(b) for b in pending)
 
     @property
     def progress(self) -> float:
@@ -458,10 +487,11 @@ class _CurriculumStateCallback(TrainerCallback):
         loader = trainer.curriculum_dataloader
         self._last_epochs_completed = loader.epochs_completed if loader is not None else 0
         if (loader is not None and loader.num_workers > 0 and trainer.pacing_callback is not None):
-            logger.warning("CurriculumTrainer: with dataloader_num_workers > 0 the workers draw "
-                           "batches before the loss of earlier steps reaches the sampler; a resumed "
-                           "run then cannot replay those late updates exactly. Use "
-                           "dataloader_num_workers=0 for exact resumes of loss-driven pacing")
+            ahead = loader.num_workers * int(loader.loader_kwargs.get("prefetch_factor") or 2)
+            logger.warning("CurriculumTrainer: with dataloader_num_workers=%d the loader draws %d batches "
+                           "ahead of training, so the loss pacing acts on the sampler %d batches late "
+                           "(resumes stay exact); dataloader_num_workers=0 paces without the lag",
+                           loader.num_workers, ahead, ahead)
 
     def on_step_end(self, args, state, control, **kwargs):
         loader = self.trainer.curriculum_dataloader
