@@ -405,6 +405,11 @@ def test_build_results_needs_provenance_and_handles_one_seed():
     assert doc["h3"]["rankings"] == {} and "needs >= 2 seeds" in doc["h3"]["note"]
     assert doc["h2"]["strategies"]["dynamic"]["ci95"] is None
     assert doc["h2"]["strategies"]["dynamic"]["pct_fewer_steps_vs_random"] == 0.0
+    one = doc["h3"]["vs_baseline"]["metrics"]["final_val_loss"]["dynamic"]
+    assert one["n"] == 1 and one["p_value"] is None and one["direction"] is None
+    md = report.render_markdown(_results.jsonable(doc))
+    assert "No ranking: ranking needs >= 2 seeds" in md and "| `dynamic` | 0 | — |" in md
+    assert "too few seeds" in md
     fixed = _results.build_results([_rec("random", 0), _rec("dynamic", 0, (3.0, 1.0))],
                                    provenance=PROV, target_rule="fixed", target_loss=1.5,
                                    interpolate=True)
