@@ -16,6 +16,7 @@ from torch_curriculum.experiments.metrics import (
     compare_to_baseline,
     holm,
     layer_stabilisation_step,
+    mde_paired,
     paired_test,
     pct_fewer_steps,
     per_sample_mean_loss,
@@ -481,6 +482,7 @@ def test_compare_to_baseline_matches_scipy_over_the_seeds_each_pair_shares():
         np.testing.assert_allclose(r["ci95"], stats.t.interval(0.95, len(a) - 1, (a - b).mean(), stats.sem(a - b)))
         raw[name] = stats.ttest_rel(a, b).pvalue
         assert r["p_value"] == pytest.approx(raw[name])
+        assert r["mde"] == pytest.approx(mde_paired(a - b))
     # Holm over the three competing strategies, by hand; the control keeps its own p-value
     fam = ["lower", "noise", "partial"]
     order = sorted(fam, key=raw.get)

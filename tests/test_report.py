@@ -15,6 +15,7 @@ from scipy import stats
 
 from torch_curriculum.experiments import metrics, report
 from torch_curriculum.experiments import results as _results
+from torch_curriculum.experiments.metrics import mde_paired
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -342,8 +343,10 @@ def test_h3_compares_every_strategy_with_the_baseline_on_each_loss(results_dir):
         b = [doc["runs"]["random"][str(k)]["test_loss"] for k in SEEDS]
         assert r["mean_diff"] == pytest.approx(float(np.mean(np.subtract(a, b))))
         assert r["p_value"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+        assert r["mde"] == pytest.approx(mde_paired(np.subtract(a, b)))
     md = report.render_markdown(doc)
-    assert "| strategy | seeds shared with `random` | mean − `random` | 95% CI | p | Holm p | verdict |" in md
+    assert ("| strategy | seeds shared with `random` | mean − `random` | 95% CI | p | Holm p | MDE (80% power) "
+            "| verdict |") in md
     assert "- **Against `random`** (mean difference [95% CI], paired by seed, Holm over the strategies): " \
         "best val loss: " in md
 

@@ -820,7 +820,7 @@ def rank_strategies(per_strategy_values: Mapping[str, Sequence[float]], *,
 
 
 def compare_to_baseline(per_strategy_by_seed: Mapping[str, Mapping[int, float]], baseline: str, *,
-                        confidence: float = 0.95, alpha: float = 0.05,
+                        confidence: float = 0.95, alpha: float = 0.05, power: float = 0.8,
                         judged_alone: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Each strategy against one baseline on a metric, paired by seed, Holm-corrected over strategies.
 
@@ -838,12 +838,14 @@ def compare_to_baseline(per_strategy_by_seed: Mapping[str, Mapping[int, float]],
         confidence (float): CI level. Default 0.95.
         alpha (float): significance level of the Holm-adjusted (or, judged alone, the raw)
             p-value. Default 0.05.
+        power (float): power of the minimum detectable difference ``mde`` (:func:`mde_paired`, in
+            the metric's units, before Holm). Default 0.8.
         judged_alone (Sequence[str]): strategies left out of the Holm family; their ``p_holm`` is
             their raw p-value. Default none.
 
     Returns:
         dict: per strategy other than the baseline, ``{"seeds", "n", "mean_diff", "ci95", "p_value",
-        "p_holm", "significant", "direction", "values", "baseline_values"}``; ``direction`` is
+        "p_holm", "significant", "direction", "mde", "values", "baseline_values"}``; ``direction`` is
         ``"lower"``/``"higher"`` when significant (Holm-adjusted p <= alpha and the CI excludes 0),
         else None. A strategy with fewer than 2 seeds shared with the baseline gets ``n`` and None
         for the statistics.
@@ -869,10 +871,11 @@ def compare_to_baseline(per_strategy_by_seed: Mapping[str, Mapping[int, float]],
         b = _as_1d([base[k] for k in seeds], f"{baseline!r} values") if seeds else np.empty(0)
         row: dict[str, Any] = {"seeds": seeds, "n": len(seeds), "mean_diff": None, "ci95": None,
                                "p_value": None, "p_holm": None, "significant": None, "direction": None,
-                               "values": a.tolist(), "baseline_values": b.tolist()}
+                               "mde": None, "values": a.tolist(), "baseline_values": b.tolist()}
         if len(seeds) >= 2:
             lo, hi = t_ci(a - b, confidence)
-            row.update(mean_diff=float((a - b).mean()), ci95=[lo, hi], p_value=paired_test(a, b)["p_value"])
+            row.update(mean_diff=float((a - b).mean()), ci95=[lo, hi], p_value=paired_test(a, b)["p_value"],
+                       mde=mde_paired(a - b, alpha=alpha, power=power))
         out[name] = row
     family = [k for k, r in out.items() if r["p_value"] is not None and k not in judged_alone]
     for k, ph in zip(family, holm([out[k]["p_value"] for k in family])):

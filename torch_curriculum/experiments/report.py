@@ -308,7 +308,9 @@ def _h3_section(h3: Mapping[str, Any] | None) -> list[str]:
         lines += [f"Under each ranking, every strategy against `{vs['baseline']}` alone: the difference ("
                   f"{vs['difference']}), mean over the seeds it shares with `{vs['baseline']}` (so an interim "
                   f"benchmark loses no pairs) with a Student-t CI; {vs['test']}; a difference counts when "
-                  f"the adjusted p <= {vs['alpha']} and the CI excludes 0.", ""]
+                  f"the adjusted p <= {vs['alpha']} and the CI excludes 0. MDE: the smallest true difference "
+                  f"(either sign) a paired t-test over those seeds detects with {vs.get('power', 0.8):.0%} power "
+                  "from the observed spread, before the correction.", ""]
     if h3.get("note"):
         lines += [f"Note: {h3['note']}.", ""]
     for metric_name, block in h3["rankings"].items():
@@ -332,12 +334,13 @@ def _vs_baseline_table(vs: Mapping[str, Any], metric_name: str) -> list[str]:
     base = vs["baseline"]
     rows = [[f"`{s}`", ", ".join(str(k) for k in r["seeds"]) or "—",
              _f(r["mean_diff"], 4), _ci(r["ci95"], 4), _p(r["p_value"]), _p(r["p_holm"]),
+             "—" if r.get("mde") is None else f"≥ {_f(r['mde'], 4)}",
              {"lower": f"lower than `{base}`", "higher": f"higher than `{base}`"}.get(
                  r["direction"], "too few seeds" if r["p_value"] is None else "no significant difference")]
             for s, r in sorted(rows_in.items(), key=lambda kv: (kv[1]["mean_diff"] is None,
                                                                 kv[1]["mean_diff"] or 0.0))]
     return [*_table(["strategy", f"seeds shared with `{base}`", f"mean − `{base}`", "95% CI", "p",
-                     "Holm p", "verdict"], rows), ""]
+                     "Holm p", f"MDE ({vs.get('power', 0.8):.0%} power)", "verdict"], rows), ""]
 
 
 def _vs_baseline_headline(h3: Mapping[str, Any] | None) -> str | None:

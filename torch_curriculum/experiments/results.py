@@ -691,7 +691,7 @@ def build_results(run_records: Sequence[Mapping[str, Any]], *,
                          "strategies": _h2(runs, baseline, confidence, alpha, power)}
     else:
         results["h2"] = None
-    results["h3"] = _h3(runs, confidence, alpha, seed, baseline,
+    results["h3"] = _h3(runs, confidence, alpha, seed, baseline, power,
                         judged_alone=(oracle,))  # the positive control calibrates, it does not compete
     results["noise"] = (_noise(signals or {}, noise_flags, signal_info, results["h2"], oracle, n_boot,
                                confidence, alpha, seed) if noise_flags is not None else None)
@@ -703,7 +703,8 @@ def build_results(run_records: Sequence[Mapping[str, Any]], *,
 
 
 def _h3(runs: dict[str, dict[int, dict]], confidence: float, alpha: float,
-        seed: int, baseline: str | None = None, judged_alone: Sequence[str] = ()) -> dict[str, Any]:
+        seed: int, baseline: str | None = None, power: float = 0.8,
+        judged_alone: Sequence[str] = ()) -> dict[str, Any]:
     seed_sets = {s: sorted(by_seed) for s, by_seed in runs.items()}
     common = sorted(set.intersection(*(set(v) for v in seed_sets.values())))
     rankings: dict[str, Any] = {}
@@ -735,11 +736,11 @@ def _h3(runs: dict[str, dict[int, dict]], confidence: float, alpha: float,
     return {"primary_metric": "steps_to_target", "alpha": alpha, "seeds": common,
             "test": "paired t-test by seed, Holm-corrected", "ci_method": "t",
             "rankings": rankings, "note": "; ".join(notes) or None,
-            "vs_baseline": _vs_baseline(runs, baseline, confidence, alpha, judged_alone)}
+            "vs_baseline": _vs_baseline(runs, baseline, confidence, alpha, power, judged_alone)}
 
 
 def _vs_baseline(runs: dict[str, dict[int, dict]], baseline: str | None, confidence: float,
-                 alpha: float, judged_alone: Sequence[str]) -> dict[str, Any] | None:
+                 alpha: float, power: float, judged_alone: Sequence[str]) -> dict[str, Any] | None:
     """Every strategy against the baseline on each loss metric, over the seeds it shares with it.
 
     Steps to target are H2's (as a %), so they are left out here. Unlike the ranking, which keeps
@@ -756,11 +757,12 @@ def _vs_baseline(runs: dict[str, dict[int, dict]], baseline: str | None, confide
         if any(v is None for by_seed in values.values() for v in by_seed.values()):
             continue  # e.g. no test set
         by_metric[metric_name] = metrics.compare_to_baseline(values, baseline, confidence=confidence,
-                                                             alpha=alpha, judged_alone=judged_alone)
+                                                             alpha=alpha, power=power,
+                                                             judged_alone=judged_alone)
     return {"baseline": baseline, "difference": "strategy − baseline, negative = lower",
             "test": "paired t-test by seed over the seeds shared with the baseline, Holm-corrected "
                     "over the strategies" + (f" ({', '.join(judged_alone)}, the positive control, judged alone)" if judged_alone else ""),
-            "alpha": alpha, "confidence": confidence, "metrics": by_metric}
+            "alpha": alpha, "confidence": confidence, "power": power, "metrics": by_metric}
 
 
 def _per_layer(runs: dict[str, dict[int, dict]], rel_tol: float) -> dict[str, Any]:
