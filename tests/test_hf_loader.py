@@ -71,11 +71,13 @@ def test_state_dict_resumes_at_the_next_batch_and_at_epoch_ends():
 def test_with_workers_the_state_keeps_the_prefetched_batches_and_resumes_exactly():
     batches = _reference(5, 4)
     first_epoch = len(_epoch_lists(1)[0]) // 4 + 1  # 3 batches: 2 workers x 2 draw it all at once
-    for cut in (1, 2, first_epoch, first_epoch + 1, first_epoch + 3):
+    for cut in (1, 2, first_epoch, first_epoch + 1, first_epoch + 3, 22):  # 22: 6 into epoch 3 (8 batches)
         loader = CurriculumDataLoader(list(range(N)), _sampler(), batch_size=4, num_workers=2)
         it = iter(loader)
         for _ in range(cut):
             next(it)
+            # bounded by the lookahead, not the epoch: 4 ahead, +1 drawn while the batch in hand is uncounted
+            assert len(loader._ahead) <= 4 + 1
         state = loader.state_dict()
         # what was drawn and not taken: the next batches, in order (at most 2 workers x 2 ahead)
         assert 0 < len(state["pending"]) <= 4 or not state["in_epoch"]

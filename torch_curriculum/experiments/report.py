@@ -309,7 +309,7 @@ def _h3_section(h3: Mapping[str, Any] | None) -> list[str]:
                   f"{vs['difference']}), mean over the seeds it shares with `{vs['baseline']}` (so an interim "
                   f"benchmark loses no pairs) with a Student-t CI; {vs['test']}; a difference counts when "
                   f"the adjusted p <= {vs['alpha']} and the CI excludes 0. MDE: the smallest true difference "
-                  f"(either sign) a paired t-test over those seeds detects with {vs.get('power', 0.8):.0%} power "
+                  f"(either sign) a paired t-test over those seeds detects with {vs['power']:.0%} power "
                   "from the observed spread, before the correction.", ""]
     if h3.get("note"):
         lines += [f"Note: {h3['note']}.", ""]
@@ -340,7 +340,7 @@ def _vs_baseline_table(vs: Mapping[str, Any], metric_name: str) -> list[str]:
             for s, r in sorted(rows_in.items(), key=lambda kv: (kv[1]["mean_diff"] is None,
                                                                 kv[1]["mean_diff"] or 0.0))]
     return [*_table(["strategy", f"seeds shared with `{base}`", f"mean − `{base}`", "95% CI", "p",
-                     "Holm p", f"MDE ({vs.get('power', 0.8):.0%} power)", "verdict"], rows), ""]
+                     "Holm p", f"MDE ({vs['power']:.0%} power)", "verdict"], rows), ""]
 
 
 def _vs_baseline_headline(h3: Mapping[str, Any] | None) -> str | None:

@@ -311,7 +311,7 @@ class CurriculumDataLoader:
         self.epoch_batches = 0  # planned batches of this epoch (from len(sampler) at its start)
         self.epochs_completed = 0
         self._drawn = 0  # batches whose indices were drawn in this epoch (>= delivered with workers)
-        self._ahead: deque[tuple[int, list[int]]] = deque()  # (draw number, batch) not yet delivered
+        self._ahead: deque[list[int]] = deque()  # with workers: the batches drawn, not yet delivered
         self._replay: deque[list[int]] = deque()  # a checkpoint's drawn-but-undelivered batches
 
     def _batches_of(self, n: int) -> int:
@@ -320,7 +320,14 @@ class CurriculumDataLoader:
     def _drew(self, batch: list[int]) -> None:
         self._drawn += 1
         if self.num_workers > 0:
-            self._ahead.append((self._drawn, [int(i) for i in batch]))
+            self._ahead.append([int(i) for i in batch])
+            self._trim_ahead()  # bounded by the workers' lookahead, not by the epoch
+
+    def _trim_ahead(self) -> None:
+        """Keep the newest ``drawn - delivered`` batches: those drawn but not yet handed out."""
+        delivered = self.batches_in_epoch if self.in_epoch else self._drawn
+        while len(self._ahead) > self._drawn - delivered:
+            self._ahead.popleft()
 
     def _begin_epoch(self) -> None:
         self.sampler.set_epoch(self.epoch)
@@ -376,13 +383,12 @@ class CurriculumDataLoader:
         Raises:
             RuntimeError: the loader lost track of a batch it drew (a bug, not a user error).
         """
+        self._trim_ahead()  # batches delivered since the last draw (e.g. at an epoch's end)
         delivered = self.batches_in_epoch if self.in_epoch else self._drawn
-        while self._ahead and self._ahead[0][0] <= delivered:
-            self._ahead.popleft()
-        pending = [batch for _, batch in self._ahead] + [list(b) for b in self._replay]
         if self._drawn - delivered != len(self._ahead):
             raise RuntimeError(f"the curriculum loader drew {self._drawn} batches of epoch {self.epoch}, "
                                f"delivered {delivered} and holds {len(self._ahead)}")
+        pending = [list(b) for b in self._ahead] + [list(b) for b in self._replay]
         return {"epoch": self.epoch, "in_epoch": self.in_epoch,
                 "batches_in_epoch": self.batches_in_epoch, "epoch_batches": self.epoch_batches,
                 "epochs_completed": self.epochs_completed, "sampler": self.sampler.state_dict(),
