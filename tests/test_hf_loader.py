@@ -88,7 +88,13 @@ def test_with_workers_the_state_keeps_the_prefetched_batches_and_resumes_exactly
         rest = [b.tolist() for b in itertools.islice(iter(fresh), 8)]
         assert rest == batches[cut:cut + 8], cut
         assert fresh.state_dict()["epoch"] >= state["epoch"]
+        assert state["lookahead"] == fresh.lookahead == fresh.resumed_lookahead == 4
     inline = CurriculumDataLoader(list(range(N)), _sampler(), batch_size=4)
+    assert inline.lookahead == 0
+    inline.load_state_dict(state)  # another lookahead loads (the Trainer warns under loss pacing)
+    assert inline.resumed_lookahead == 4
+    with pytest.raises(ValueError, match="'lookahead' must be an int"):
+        inline.load_state_dict({**state, "lookahead": -1})
     with pytest.raises(ValueError, match="'pending' must be a list"):
         inline.load_state_dict({**state, "in_epoch": True, "pending": [[1, -2]]})
     with pytest.raises(ValueError, match="inside an epoch"):

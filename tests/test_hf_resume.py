@@ -8,6 +8,7 @@ and end with the same parameters as the uninterrupted run.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -177,7 +178,7 @@ def test_resume_with_a_worker_process_replays_the_prefetched_batches(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["dynamic", "layer_wise_progressive"])
-def test_resume_with_worker_processes_replays_what_they_had_drawn(tmp_path, strategy):
+def test_resume_with_worker_processes_replays_what_they_had_drawn(tmp_path, strategy, caplog):
     """Two workers prefetch 4 batches; the loss pacing moves the sampler between those draws. The
     checkpoint keeps the drawn-but-untrained batches and the live sampler state, so a resumed run
     trains the same batches, step by step, as the uninterrupted one (loss pacing included)."""
@@ -186,6 +187,7 @@ def test_resume_with_worker_processes_replays_what_they_had_drawn(tmp_path, stra
     saved = json.loads((tmp_path / "full" / "checkpoint-6" / CHECKPOINT_FILE).read_text())
     pending = saved["loader"]["pending"]
     assert len(pending) == 4 and all(len(b) == 4 for b in pending)  # 2 workers x prefetch_factor 2
+    assert saved["loader"]["lookahead"] == 4
     assert all(isinstance(i, int) for b in pending for i in b)
     for k in (4, 6, 10):
         resumed_dir = tmp_path / f"resumed{k}"
@@ -197,6 +199,15 @@ def test_resume_with_worker_processes_replays_what_they_had_drawn(tmp_path, stra
         _same_params(params, params2)
         assert again.curriculum_sampler.state_dict() == full.curriculum_sampler.state_dict()
         assert again.pacing_callback.state_dict() == full.pacing_callback.state_dict()
+    # resumed without workers: the 4 pending batches replay exactly, and a warning says the draws
+    # after them are paced with another lag than the run that wrote the checkpoint
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "full" / "checkpoint-6", other / "checkpoint-6")
+    with caplog.at_level(logging.WARNING, logger="torch_curriculum"):
+        _, rows3, _ = _run(strategy, other, resume=str(other / "checkpoint-6"))
+    assert {s: rows3[s] for s in range(7, 11)} == {s: rows[s] for s in range(7, 11)}
+    assert any("4 batches ahead" in r.getMessage() and "this one is 0 ahead" in r.getMessage()
+               for r in caplog.records)
     # without loss pacing the workers change nothing: the same batches as with the loader in the
     # main process; with it, the workers' draws see the loss 4 batches late (documented), so they
     # differ -- which also shows that the resumes above had late loss updates to get right

@@ -27,7 +27,8 @@ draws the same batches as the uninterrupted one. With worker processes the loade
 untrained batches (``pending``) beside the sampler's live state, and a resumed loader hands them
 out first, then draws when the uninterrupted one did, so resumes are exact for every strategy,
 loss-driven ones included, when the resumed run uses the same ``dataloader_num_workers`` and
-``dataloader_prefetch_factor``. The price of prefetching: a loss-driven sampler (dynamic, hybrid)
+``dataloader_prefetch_factor`` (the checkpoint records their product; a resume with another one
+warns). The price of prefetching: a loss-driven sampler (dynamic, hybrid)
 sees each loss that many batches late (a warning says so).
 
 Where the loss comes from (granularity): ``Trainer`` hands the loss to callbacks only in ``on_log``
@@ -313,6 +314,16 @@ class CurriculumDataLoader:
         self._drawn = 0  # batches whose indices were drawn in this epoch (>= delivered with workers)
         self._ahead: deque[list[int]] = deque()  # with workers: the batches drawn, not yet delivered
         self._replay: deque[list[int]] = deque()  # a checkpoint's drawn-but-undelivered batches
+        self.resumed_lookahead: int | None = None  # the lookahead of the checkpoint loaded, if any
+
+    @property
+    def lookahead(self) -> int:
+        """Batches the worker processes draw ahead of the consumer: ``num_workers * prefetch_factor``
+        (torch's default factor 2), 0 without workers. A loss-driven sampler sees each loss this many
+        batches late, so an exact resume needs the same value as the run that wrote the checkpoint."""
+        if self.num_workers <= 0:
+            return 0
+        return self.num_workers * int(self.loader_kwargs.get("prefetch_factor") or 2)
 
     def _batches_of(self, n: int) -> int:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
@@ -392,7 +403,7 @@ class CurriculumDataLoader:
         return {"epoch": self.epoch, "in_epoch": self.in_epoch,
                 "batches_in_epoch": self.batches_in_epoch, "epoch_batches": self.epoch_batches,
                 "epochs_completed": self.epochs_completed, "sampler": self.sampler.state_dict(),
-                "pending": pending}
+                "pending": pending, "lookahead": self.lookahead}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (before iterating).
@@ -422,6 +433,10 @@ class CurriculumDataLoader:
             raise ValueError("curriculum loader state: 'pending' must be a list of non-empty lists of "
                              f"sample indices, inside an epoch; got {str(pending)[:120]}")
         self._replay = deque(list(b) for b in pending)
+        lookahead = state.get("lookahead")  # absent in checkpoints written before it was recorded
+        if lookahead is not None and (isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0):
+            raise ValueError(f"curriculum loader state: 'lookahead' must be an int >= 0, got {lookahead!r}")
+        self.resumed_lookahead = lookahead
 
     @property
     def progress(self) -> float:
@@ -492,8 +507,16 @@ class _CurriculumStateCallback(TrainerCallback):
         trainer._curriculum_pending = None
         loader = trainer.curriculum_dataloader
         self._last_epochs_completed = loader.epochs_completed if loader is not None else 0
+        if (loader is not None and trainer.pacing_callback is not None and loader.resumed_lookahead is not None
+                and loader.resumed_lookahead != loader.lookahead):
+            # the pending batches replay exactly; the draws after them see the losses with another lag
+            logger.warning("CurriculumTrainer: the checkpoint was written by a loader %d batches ahead of "
+                           "training (dataloader_num_workers x dataloader_prefetch_factor), this one is %d "
+                           "ahead: with loss pacing the batches after the %d replayed ones differ from the "
+                           "uninterrupted run's; resume with the same two settings for an exact continuation",
+                           loader.resumed_lookahead, loader.lookahead, len(loader._replay))
         if (loader is not None and loader.num_workers > 0 and trainer.pacing_callback is not None):
-            ahead = loader.num_workers * int(loader.loader_kwargs.get("prefetch_factor") or 2)
+            ahead = loader.lookahead
             logger.warning("CurriculumTrainer: with dataloader_num_workers=%d the loader draws %d batches "
                            "ahead of training, so the loss pacing acts on the sampler %d batches late "
                            "(resumes stay exact); dataloader_num_workers=0 paces without the lag",
