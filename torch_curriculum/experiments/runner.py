@@ -65,7 +65,7 @@ from . import results as _results
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 __all__ = ["CONTROLS", "PresetError", "collect_results", "experiment_status", "inject_noise", "load_preset", "parse_shard",
-           "resolve_autocast", "resolve_preset", "run_preset", "validate_preset"]
+           "pinned_autocast", "resolve_autocast", "resolve_preset", "run_preset", "validate_preset"]
 
 logger = logging.getLogger("torch_curriculum.experiments")
 
@@ -726,6 +726,53 @@ def resolve_autocast(mode: str, device: str | torch.device) -> torch.dtype | Non
     return torch.bfloat16 if cpu_has_bf16_matmul() else None
 
 
+_AUTOCAST_NAMES = {"None": None, "torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16}
+
+
+def pinned_autocast(mode: str, device: str | torch.device, prepared: Mapping[str, Any] | None) -> torch.dtype | None:
+    """The experiment's autocast dtype: ``"auto"`` is decided once, by the first preparation.
+
+    ``"auto"`` depends on the machine (bf16 where the CPU or GPU has bf16 matrix units), so shards or
+    sessions of one experiment on different machines would train some runs in bf16 and others in
+    fp32, and the finished runs would refuse the new ones. The first preparation records its choice
+    in ``prepared.json`` (``autocast``); later invocations keep it, warning when this machine would
+    pick otherwise. ``"bf16"`` and ``"none"`` mean the same everywhere and are resolved as given.
+
+    Args:
+        mode (str): ``training.autocast`` (``auto`` | ``bf16`` | ``none``).
+        device (str | torch.device): where the generator trains.
+        prepared (Mapping | None): the results directory's earlier ``prepared.json`` for the same
+            samples and difficulty files, or None (a fresh experiment).
+
+    Returns:
+        torch.dtype | None: None for fp32.
+
+    Raises:
+        PresetError: ``prepared["autocast"]`` is not a dtype this function wrote.
+
+    Example:
+        >>> pinned_autocast("auto", "cpu", {"autocast": "None"}) is None
+        True
+    """
+    here = resolve_autocast(mode, device)
+    if mode != "auto" or not prepared or "autocast" not in prepared:
+        return here
+    name = prepared["autocast"]
+    if name not in _AUTOCAST_NAMES:
+        raise PresetError(f"prepared.json: 'autocast' must be one of {sorted(_AUTOCAST_NAMES)}, got {name!r}")
+    pinned = _AUTOCAST_NAMES[name]
+    if pinned != here:
+        logger.warning("training.autocast auto: this experiment was prepared with %s, this machine would pick %s; "
+                       "keeping %s so that every run of the experiment trains alike%s",
+                       _dtype_label(pinned), _dtype_label(here), _dtype_label(pinned),
+                       " (bf16 without bf16 units is emulated: slow)" if pinned is not None and here is None else "")
+    return pinned
+
+
+def _dtype_label(dtype: torch.dtype | None) -> str:
+    return "fp32" if dtype is None else str(dtype).replace("torch.", "")
+
+
 def cpu_has_bf16_matmul() -> bool:
     """True when the CPU advertises AMX-BF16 or AVX512-BF16 (Linux ``/proc/cpuinfo`` flags)."""
     try:
@@ -896,7 +943,8 @@ def _lock_holder(log_path: Path) -> dict[str, Any] | None:
 def train_all(cfg: Mapping[str, Any], data: Any, edge: Any, difficulty: MetaTokenDifficultyDataset,
               signals: Mapping[str, np.ndarray], out: Path, run_info: Mapping[str, Any], *,
               noise_flags: np.ndarray | None = None, shard: tuple[int, int] = (0, 1),
-              stop_after: int | None = None, index_base: int = 0) -> tuple[int, int]:
+              stop_after: int | None = None, index_base: int = 0,
+              autocast: torch.dtype | str | None = "resolve") -> tuple[int, int]:
     """Train every (seed, strategy) of this shard not finished yet; returns (trained, skipped, busy).
 
     ``skipped``: runs found finished; ``busy``: runs another live process holds the lock of (see
@@ -908,6 +956,10 @@ def train_all(cfg: Mapping[str, Any], data: Any, edge: Any, difficulty: MetaToke
         stop_after (int | None): return after training this many runs (tests). Default None.
         index_base (int): position of this plan's first run in the whole invocation's plan (the
             shard split is over all budgets together). Default 0.
+        autocast (torch.dtype | str | None): the training step's autocast dtype, None for fp32;
+            ``"resolve"`` resolves ``training.autocast`` on this machine (:func:`resolve_autocast`).
+            :func:`run_preset` passes the experiment's pinned choice (:func:`pinned_autocast`).
+            Default ``"resolve"``.
     """
     from torch_curriculum.loragen import LoRAGenConfig, evaluate_per_sample_loss, run_strategy
 
@@ -916,7 +968,8 @@ def train_all(cfg: Mapping[str, Any], data: Any, edge: Any, difficulty: MetaToke
     gen_cfg = LoRAGenConfig.from_dict(dict(tr["generator"]))
     eval_bs = tr["eval_batch_size"] or tr["batch_size"]
     device = next(edge.parameters()).device
-    autocast = resolve_autocast(tr["autocast"], device)
+    if isinstance(autocast, str):
+        autocast = resolve_autocast(tr["autocast"], device)
     grad_idx = _grad_subset(cfg, len(data.train))
     heldout = bool(cfg["h1"]["heldout"])
     trained = skipped = busy = 0
@@ -1158,6 +1211,20 @@ def _load_signals(path: Path) -> dict[str, np.ndarray] | None:
         return {k: npz[k] for k in npz.files if k != "fingerprint"}
 
 
+def _earlier_preparation(path: Path, prepared: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The existing ``prepared.json`` when it describes the same samples and difficulty files, else None."""
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict):
+        return None
+    same = all(old.get(k) == prepared[k] for k in ("samples_fingerprint", "difficulty_fingerprint"))
+    return old if same else None
+
+
 def _keep_first_preparation(path: Path, prepared: dict[str, Any]) -> None:
     """Keep the timings of the preparation that did the work when a resumed or sharded run reopens it.
 
@@ -1314,8 +1381,10 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
         prepared = {"data": data_desc, "samples_fingerprint": fp, "data_file": str(data_file) if data_file else None,
                     "splits": {"train": len(train), "val": len(val), "test": len(test)}, "models": models["info"],
                     "timings_s": {k: round(v, 1) for k, v in timings.items()}, "started": started,
-                    "difficulty_fingerprint": primary.metadata.get("run_key"),
-                    "autocast": str(resolve_autocast(cfg["training"]["autocast"], next(edge.parameters()).device))}
+                    "difficulty_fingerprint": primary.metadata.get("run_key")}
+        earlier = _earlier_preparation(out / "prepared.json", prepared)
+        autocast = pinned_autocast(cfg["training"]["autocast"], next(edge.parameters()).device, earlier)
+        prepared["autocast"] = str(autocast)
         _keep_first_preparation(out / "prepared.json", prepared)
         atomic_write_text(out / "prepared.json", json.dumps(prepared, indent=1))
 
@@ -1331,7 +1400,7 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
             break
         t, k, b = train_all(bcfg, data, edge, primary, cheap, run_root(out, budget),
                          {**run_info, "budget": budget}, noise_flags=noise_flags, shard=shard, stop_after=left,
-                         index_base=base)
+                         index_base=base, autocast=autocast)
         trained, skipped, busy, base = trained + t, skipped + k, busy + b, base + len(_run_plan(bcfg))
     training_s = time.perf_counter() - t0
     summary = {"results": None, "report": None}
