@@ -445,6 +445,35 @@ def test_a_results_directory_keeps_its_settings(tmp_path):
     assert json.loads((out / "config.json").read_text())["seeds"] == [0, 1]
 
 
+def test_autocast_auto_is_decided_by_the_first_preparation(tmp_path, monkeypatch, caplog):
+    """A preset with autocast auto finished on a machine with bf16 units and on one without: the
+    runs of the second keep the first machine's choice (else the finished runs refuse them)."""
+    cfg = _preset(_write_dialogues(tmp_path / "d.jsonl"))
+    cfg.update(seeds=[0], strategies=["random"], controls=[])
+    cfg["training"]["autocast"] = "auto"
+    cfg["h1"].update(grad_samples=0, heldout=False, metrics=["l2"], poolings=["mean"])
+    out = tmp_path / "res"
+    monkeypatch.setattr(convergence, "cpu_has_bf16_matmul", lambda: False)  # the first machine: fp32
+    assert convergence.run_preset(cfg, out, report=False)["runs_trained"] == 1
+    assert json.loads((out / "prepared.json").read_text())["autocast"] == "None"
+    monkeypatch.setattr(convergence, "cpu_has_bf16_matmul", lambda: True)  # the next one would pick bf16
+    more = copy.deepcopy(cfg)
+    more["seeds"] = [0, 1]
+    with caplog.at_level("WARNING", logger="torch_curriculum"):
+        res = convergence.run_preset(more, out, report=False)
+    assert (res["runs_trained"], res["runs_skipped"]) == (1, 1)
+    runs = [json.loads(ln) for ln in (out / "runs" / "random" / "seed1.jsonl").read_text().splitlines()]
+    assert runs[0]["type"] == "run" and runs[0]["autocast_dtype"] is None
+    assert any("prepared with fp32, this machine would pick bfloat16" in r.getMessage() for r in caplog.records)
+    assert json.loads((out / "prepared.json").read_text())["autocast"] == "None"
+    # explicit modes mean the same everywhere; a prepared.json naming no known dtype is an error
+    assert convergence.pinned_autocast("none", "cpu", {"autocast": "torch.bfloat16"}) is None
+    assert convergence.pinned_autocast("bf16", "cpu", {"autocast": "None"}) is torch.bfloat16
+    assert convergence.pinned_autocast("auto", "cpu", None) is torch.bfloat16  # fresh: this machine decides
+    with pytest.raises(convergence.PresetError, match="prepared.json: 'autocast' must be one of"):
+        convergence.pinned_autocast("auto", "cpu", {"autocast": "bf16"})
+
+
 @pytest.mark.skipif(os.name != "posix", reason="the preparation lock uses fcntl.flock")
 def test_shards_started_together_prepare_once(tmp_path):
     """--shard 1/2 and 2/2 started at once on a fresh --out: one prepares, the other waits and reuses."""
