@@ -608,4 +608,9 @@ def test_runner_on_the_bundled_models(tmp_path):
     edge_loss = np.load(out / "arrays" / "h1_samples.npz")["edge_loss_before"]
     recs = [json.loads(line) for line in (out / "runs" / "random" / "seed0.jsonl").read_text().splitlines()]
     step1 = next(r for r in recs if r["type"] == "train" and r["step"] == 1)
-    np.testing.assert_allclose(edge_loss[step1["indices"]], step1["per_sample_loss"], rtol=1e-3)
+    # the preset's autocast auto: bf16 on a CPU with bf16 units, where the training step's loss carries
+    # bf16 rounding (0.4% seen on the bundled models) while edge_loss_before is an fp32 evaluation
+    dtype = convergence.resolve_autocast("auto", "cpu")
+    assert recs[0]["autocast_dtype"] == (None if dtype is None else "bfloat16")
+    np.testing.assert_allclose(edge_loss[step1["indices"]], step1["per_sample_loss"],
+                               rtol=1e-3 if dtype is None else 1e-2)
