@@ -1225,25 +1225,19 @@ def _earlier_preparation(path: Path, prepared: Mapping[str, Any]) -> dict[str, A
     return old if same else None
 
 
-def _keep_first_preparation(path: Path, prepared: dict[str, Any]) -> None:
+def _keep_first_preparation(prepared: dict[str, Any], earlier: Mapping[str, Any] | None) -> None:
     """Keep the timings of the preparation that did the work when a resumed or sharded run reopens it.
 
     A second invocation finds the difficulty files, signals and cloud states cached and "prepares" in
     seconds; writing those seconds over the first invocation's would make the provenance claim the
-    preparation cost nothing. Same data and difficulty: the first ``timings_s``/``started`` stay,
-    this invocation's go to ``reopened``, and keys this invocation does not write are kept.
+    preparation cost nothing. Same data and difficulty (``earlier``, from :func:`_earlier_preparation`):
+    the first ``timings_s``/``started`` stay, this invocation's go to ``reopened``, and keys this
+    invocation does not write are kept.
     """
-    if not path.is_file():
-        return
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    same = all(old.get(k) == prepared[k] for k in ("samples_fingerprint", "difficulty_fingerprint"))
-    if same and "timings_s" in old:
+    if earlier and "timings_s" in earlier:
         prepared["reopened"] = {"started": prepared["started"], "timings_s": prepared["timings_s"]}
-        prepared["timings_s"], prepared["started"] = old["timings_s"], old.get("started", prepared["started"])
-        for key, value in old.items():  # e.g. a note on how the first timings were obtained
+        prepared["timings_s"], prepared["started"] = earlier["timings_s"], earlier.get("started", prepared["started"])
+        for key, value in earlier.items():  # e.g. a note on how the first timings were obtained
             prepared.setdefault(key, value)
 
 
@@ -1385,7 +1379,7 @@ def run_preset(cfg: Mapping[str, Any], out: str | Path, *, report: bool = True, 
         earlier = _earlier_preparation(out / "prepared.json", prepared)
         autocast = pinned_autocast(cfg["training"]["autocast"], next(edge.parameters()).device, earlier)
         prepared["autocast"] = str(autocast)
-        _keep_first_preparation(out / "prepared.json", prepared)
+        _keep_first_preparation(prepared, earlier)
         atomic_write_text(out / "prepared.json", json.dumps(prepared, indent=1))
 
     t0 = time.perf_counter()
